@@ -1,0 +1,69 @@
+"""Where the project keeps what it generates: offline text, the model zoo, lenses, SAEs.
+
+Everything lives under one root so that a user can relocate or wipe it in one place:
+``$MLSAE_HOME`` if set, else ``~/.cache/mlsae``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def mlsae_home() -> Path:
+    root = Path(os.environ.get("MLSAE_HOME", Path.home() / ".cache" / "mlsae")).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Build a directory under a temporary name and rename it into place on success.
+
+    A crash or Ctrl-C leaves no half-written artefact at ``final``; an existing ``final`` is
+    replaced only once the new one is complete.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old.{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            _rmtree(old)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        _rmtree(tmp)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
