@@ -1,0 +1,380 @@
+"""Model registry: short names, Hugging Face ids, local folders and the offline zoo.
+
+Every model is loaded through ``transformers``' ``from_pretrained``. Names resolve as follows
+(first match wins):
+
+1. a registry short name: ``pythia-70m`` ... ``pythia-1.4b`` (the ``EleutherAI/pythia-*-deduped``
+   checkpoints the paper used) and ``gpt2`` (``openai-community/gpt2``, also found in the cache
+   under its legacy id ``gpt2``);
+2. an offline zoo name (``zoo-s/m/l``, ``micro-s/m/l``): built on this machine by
+   :mod:`mlsae.zoo` on first use;
+3. an existing local directory holding a ``save_pretrained`` model;
+4. any Hugging Face id of the form ``org/name``.
+
+Weights are never downloaded silently or slowly: a hub model is first looked up in the local
+Hugging Face cache only; if it is missing and ``HF_HUB_OFFLINE`` is set we fail at once, else a
+reachability probe with a hard timeout of a few seconds runs before any download is attempted.
+Every failure is a :class:`ModelNotAvailableError` naming the repository, the cache folder in
+use and the command that fetches the model on a machine with network.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "ModelNotAvailableError",
+    "ModelSource",
+    "REGISTRY",
+    "ZOO_NAMES",
+    "hf_cache_dir",
+    "is_available",
+    "list_models",
+    "load_model",
+    "model_shape",
+    "resolve_model",
+]
+
+# Seconds the reachability probe may take before the hub counts as unreachable.
+PROBE_TIMEOUT_S = 4.0
+
+
+class ModelNotAvailableError(RuntimeError):
+    """A model that is neither on this machine nor downloadable right now."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    repo_id: str
+    n_layers: int
+    d_model: int
+    description: str
+    aliases: tuple[str, ...] = ()
+
+
+# Short names -> hub checkpoints, with the shapes of PAPER.md §1.
+REGISTRY: dict[str, _Entry] = {
+    "pythia-70m": _Entry("EleutherAI/pythia-70m-deduped", 6, 512, "Pythia 70M (deduped), paper model"),
+    "pythia-160m": _Entry("EleutherAI/pythia-160m-deduped", 12, 768, "Pythia 160M (deduped), paper model"),
+    "pythia-410m": _Entry("EleutherAI/pythia-410m-deduped", 24, 1024, "Pythia 410M (deduped), paper model"),
+    "pythia-1b": _Entry("EleutherAI/pythia-1b-deduped", 16, 2048, "Pythia 1B (deduped), paper model"),
+    "pythia-1.4b": _Entry("EleutherAI/pythia-1.4b-deduped", 24, 2048, "Pythia 1.4B (deduped), paper model"),
+    "gpt2": _Entry("openai-community/gpt2", 12, 768, "GPT-2 small", aliases=("gpt2",)),
+}
+
+# Shapes of hub ids given directly (also the non-deduped Pythia runs, which share the shapes).
+_KNOWN_SHAPES: dict[str, tuple[int, int]] = {}
+for _e in REGISTRY.values():
+    for _rid in (_e.repo_id, *_e.aliases):
+        _KNOWN_SHAPES[_rid.lower()] = (_e.n_layers, _e.d_model)
+    if _e.repo_id.endswith("-deduped"):
+        _KNOWN_SHAPES[_e.repo_id[: -len("-deduped")].lower()] = (_e.n_layers, _e.d_model)
+
+# Offline zoo (mlsae.zoo); the list is static so that resolving a name never imports the zoo.
+ZOO_NAMES: tuple[str, ...] = ("zoo-s", "zoo-m", "zoo-l", "micro-s", "micro-m", "micro-l")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from. ``n_layers``/``d_model`` are filled in when known without loading."""
+
+    kind: str  # "zoo" | "local" | "hub"
+    repo_id_or_path: str
+    name: str  # the name as given by the user (short name, hub id or path)
+    n_layers: int | None = None
+    d_model: int | None = None
+    aliases: tuple[str, ...] = field(default=())  # other hub ids the same checkpoint is cached under
+
+    @property
+    def shape(self) -> tuple[int, int] | None:
+        return (self.n_layers, self.d_model) if self.n_layers is not None and self.d_model is not None else None
+
+
+# ---- resolution -------------------------------------------------------------------------------
+
+
+def _zoo_names() -> tuple[str, ...]:
+    try:
+        from mlsae.zoo import ZOO  # lazy: the zoo is optional for resolving names
+    except Exception:  # noqa: BLE001 - zoo missing or broken: the static names still resolve
+        return ZOO_NAMES
+    return tuple(dict.fromkeys((*ZOO_NAMES, *ZOO)))
+
+
+def _zoo_shape(name: str) -> tuple[int, int] | None:
+    """(n_layers, d_model) from the zoo's spec, if it exposes them."""
+    try:
+        from mlsae.zoo import ZOO
+
+        spec = ZOO[name]
+    except Exception:  # noqa: BLE001
+        return None
+
+    def first(keys):
+        for holder in (spec, getattr(spec, "config", None)):
+            for k in keys:
+                v = holder.get(k) if isinstance(holder, dict) else getattr(holder, k, None)
+                if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                    return v
+        return None
+
+    n = first(("n_layers", "num_hidden_layers", "num_layers", "n_layer"))
+    d = first(("d_model", "hidden_size", "n_embd", "width"))
+    return (n, d) if n is not None and d is not None else None
+
+
+def list_models() -> list[dict]:
+    """The registry as rows (name, kind, source, n_layers, d_model, description), for docs and notebooks."""
+    rows = [
+        dict(name=k, kind="hub", source=e.repo_id, n_layers=e.n_layers, d_model=e.d_model, description=e.description)
+        for k, e in REGISTRY.items()
+    ]
+    for z in _zoo_names():
+        shape = _zoo_shape(z) or (None, None)
+        desc = "offline zoo: GPT-NeoX trained here on generated text" if z.startswith("zoo-") else "offline micro model for tests/CI"
+        rows.append(dict(name=z, kind="zoo", source="mlsae.zoo", n_layers=shape[0], d_model=shape[1], description=desc))
+    return rows
+
+
+def _unknown(name: str, why: str) -> ValueError:
+    names = ", ".join([*REGISTRY, *_zoo_names()])
+    return ValueError(
+        f"unknown model {name!r}: {why}. Use a registry name ({names}), a Hugging Face id such as "
+        f"'EleutherAI/pythia-70m-deduped', or a local directory written by save_pretrained."
+    )
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Resolve ``name`` without loading anything (and without touching the network)."""
+    if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+        raise _unknown(str(name), "expected a non-empty string")
+    name = str(name).strip()
+    key = name.lower()
+    if key in REGISTRY:
+        e = REGISTRY[key]
+        return ModelSource("hub", e.repo_id, key, e.n_layers, e.d_model, aliases=e.aliases)
+    if key in _zoo_names():
+        shape = _zoo_shape(key) or (None, None)
+        return ModelSource("zoo", key, key, *shape)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ValueError(f"local model directory {str(path)!r} has no config.json (expected a save_pretrained folder)")
+        shape = _config_shape(path)
+        return ModelSource("local", str(path.resolve()), name, *(shape or (None, None)))
+    if path.exists():
+        raise ValueError(f"{name!r} is a file, not a model directory (expected a save_pretrained folder)")
+    if _HUB_ID.match(name) and not name.startswith((".", "~")):
+        shape = _KNOWN_SHAPES.get(key) or (None, None)
+        return ModelSource("hub", name, name, *shape)
+    if name.startswith((".", "~", os.sep)) or os.sep in name:
+        raise ValueError(f"local model directory {str(path)!r} does not exist")
+    raise _unknown(name, "not a registry name, not an existing directory and not a Hugging Face id 'org/name'")
+
+
+def _config_shape(path: Path) -> tuple[int, int] | None:
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        return int(cfg.num_hidden_layers), int(cfg.hidden_size)
+    except Exception:  # noqa: BLE001 - unknown config layout: shape simply unknown
+        return None
+
+
+def model_shape(name: str) -> tuple[int, int] | None:
+    """(n_layers, d_model) without loading weights or touching the network; ``None`` if unknown here."""
+    src = resolve_model(name)
+    if src.shape is not None:
+        return src.shape
+    if src.kind == "hub":
+        cached = _cached_snapshot(src)
+        return _config_shape(cached) if cached is not None else None
+    return None
+
+
+# ---- the Hugging Face cache -----------------------------------------------------------------
+
+
+def hf_cache_dir() -> str:
+    """The hub cache folder ``transformers`` actually uses in this process."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _cached_snapshot(src: ModelSource) -> Path | None:
+    """The snapshot folder of a fully cached hub model (config + weights), trying its aliases."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for rid in (src.repo_id_or_path, *src.aliases):
+        try:
+            cfg = try_to_load_from_cache(rid, "config.json")
+        except Exception:  # noqa: BLE001 - malformed id etc.
+            continue
+        if not isinstance(cfg, str):
+            continue
+        if any(isinstance(try_to_load_from_cache(rid, f), str) for f in _WEIGHT_FILES):
+            return Path(cfg).parent
+    return None
+
+
+def is_available(name: str) -> bool:
+    """Whether ``name`` can be loaded here without network: zoo models always can (they are built
+    locally), local folders when they exist, hub models when config and weights are cached.
+    Unknown names raise ``ValueError`` (a typo should not silently drop a model)."""
+    src = resolve_model(name)
+    if src.kind in ("zoo", "local"):
+        return True
+    return _cached_snapshot(src) is not None
+
+
+def _offline_env() -> bool:
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return bool(constants.HF_HUB_OFFLINE) or any(str(v).strip().lower() in ("1", "true", "yes", "on") for v in flags if v)
+
+
+def _fetch_hint(src: ModelSource, reason: str) -> str:
+    rid = src.repo_id_or_path
+    cache = hf_cache_dir()
+    home = os.environ.get("HF_HOME")
+    return (
+        (f"Hugging Face repository {rid!r}" if src.name == rid else f"model {src.name!r} (Hugging Face repository {rid!r})")
+        + f" is not available: {reason}.\n"
+        f"  Hugging Face cache in use: {cache}"
+        + (f" (HF_HOME={home})" if home else " (HF_HOME unset; set HF_HOME or HF_HUB_CACHE to use another cache)")
+        + "\n"
+        f"  To fetch it, on a machine with network run\n"
+        f"      hf download {rid}        (or: huggingface-cli download {rid})\n"
+        f"  then copy that machine's cache folder (~/.cache/huggingface/hub, or $HF_HUB_CACHE) to {cache} here,\n"
+        f"  or point HF_HOME / HF_HUB_CACHE at a copied cache before starting Python.\n"
+        f"  Alternatively save the model with save_pretrained and pass the folder's path as the model name,\n"
+        f"  or use an offline zoo model ({', '.join(ZOO_NAMES)})."
+    )
+
+
+def _probe_hub(repo_id: str, timeout: float | None = None) -> tuple[str, str]:
+    """Ask the hub whether ``repo_id`` exists, never taking longer than ``timeout`` seconds.
+
+    Returns ("ok" | "missing" | "unreachable", detail). The request runs in a daemon thread so that
+    a hanging DNS lookup or proxy cannot block the caller beyond the timeout.
+    """
+    from huggingface_hub import constants
+
+    timeout = PROBE_TIMEOUT_S if timeout is None else timeout
+    url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{repo_id}"
+    result: list[tuple[str, str]] = []
+
+    def run():
+        try:
+            req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "mlsae-probe"})
+            with urllib.request.urlopen(req, timeout=timeout):
+                result.append(("ok", url))
+        except urllib.error.HTTPError as e:  # the server answered
+            if e.code in (401, 403):  # gated or private: a token may still get it
+                result.append(("ok", f"HTTP {e.code}"))
+            elif e.code == 404:
+                result.append(("missing", f"HTTP 404 from {url}"))
+            else:
+                result.append(("unreachable", f"HTTP {e.code} from {url}"))
+        except Exception as e:  # noqa: BLE001 - DNS, refused, timeout, proxy ...
+            result.append(("unreachable", f"{type(e).__name__}: {e}"))
+
+    t = threading.Thread(target=run, name="mlsae-hub-probe", daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return result[0] if result else ("unreachable", f"no answer from {url} within {timeout:.0f} s")
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+
+
+def _dtype(dtype) -> torch.dtype | str:
+    # transformers v5 defaults to dtype="auto" (the checkpoint's dtype: fp16 for Pythia); we default to
+    # fp32, which is exact for fp16/bf16 checkpoints, fast on CPU, and what autocast expects as master weights.
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() == "auto":
+        return "auto"
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ValueError(f"unknown dtype {dtype!r}; use a torch.dtype, 'auto' (the checkpoint's) or one of {sorted(_DTYPES)}")
+
+
+def _from_pretrained(path: str, dtype, local_files_only: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local_files_only)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
+    return model, tokenizer
+
+
+def _load_hub(src: ModelSource, dtype):
+    errors = []
+    for rid in (src.repo_id_or_path, *src.aliases):
+        try:
+            return _from_pretrained(rid, dtype, local_files_only=True)
+        except OSError as e:  # not (fully) cached under this id
+            errors.append(f"{rid}: {e}")
+    if _offline_env():
+        raise ModelNotAvailableError(_fetch_hint(src, "it is not in the local cache and HF_HUB_OFFLINE is set"))
+    t0 = time.perf_counter()
+    status, detail = _probe_hub(src.repo_id_or_path)
+    if status == "missing":
+        raise ModelNotAvailableError(_fetch_hint(src, f"the hub has no repository of that name ({detail})"))
+    if status != "ok":
+        raise ModelNotAvailableError(
+            _fetch_hint(src, f"it is not in the local cache and the hub cannot be reached ({detail}; "
+                             f"reachability probe took {time.perf_counter() - t0:.1f} s)")
+        )
+    try:  # reachable: download into the cache (the only path that touches the network)
+        return _from_pretrained(src.repo_id_or_path, dtype, local_files_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise ModelNotAvailableError(_fetch_hint(src, f"the download failed ({type(e).__name__}: {e})")) from e
+
+
+def load_model(name: str, device: str | torch.device = "cpu", dtype=None):
+    """Load ``(model, tokenizer)`` for a registry name, hub id, local folder or zoo name.
+
+    The model is an ``AutoModelForCausalLM`` in eval mode on ``device``. ``dtype``: a torch dtype,
+    "fp32"/"fp16"/"bf16", or "auto" for the checkpoint's own dtype; the default ``None`` means fp32
+    (unlike transformers v5, whose default is "auto": Pythia checkpoints are stored in fp16). The tokenizer gets ``pad_token = eos_token``
+    when it has no pad token. Raises :class:`ModelNotAvailableError` within seconds for a hub
+    model that is neither cached nor downloadable.
+    """
+    src = resolve_model(name)
+    dtype = _dtype(dtype)
+    if src.kind == "zoo":
+        from mlsae.zoo import ensure_zoo_model  # lazy: trains the model on first use
+
+        model, tokenizer = _from_pretrained(str(ensure_zoo_model(src.repo_id_or_path)), dtype, local_files_only=True)
+    elif src.kind == "local":
+        model, tokenizer = _from_pretrained(src.repo_id_or_path, dtype, local_files_only=True)
+    else:
+        model, tokenizer = _load_hub(src, dtype)
+    model = model.to(device).eval()
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

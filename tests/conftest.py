@@ -1,0 +1,59 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# ---- tiny offline language models (mlsae.models / mlsae.activations tests) -------------------
+# A word-level tokenizer and a random tiny GPT-NeoX, saved like a zoo model (save_pretrained),
+# so tests never need the real zoo or the network.
+
+TINY_WORDS = (
+    "when mary and john went to the store gave a drink to . , the cat sat on mat dog ran "
+    "fast slow red blue green one two three four five six seven eight nine ten"
+).split()
+
+
+def make_tiny_tokenizer():
+    """PreTrainedTokenizerFast: word level, BOS = EOS = ``<|endoftext|>`` (id 0), ``<unk>``, no pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, "<unk>": 1}
+    for w in TINY_WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<unk>"
+    )
+
+
+def make_tiny_neox(vocab_size: int = 64, seed: int = 0, **overrides):
+    """A random tiny GPT-NeoX (Pythia architecture) causal LM in eval mode."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(seed)
+    kw = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+              intermediate_size=64, max_position_embeddings=64, rotary_pct=0.25)
+    kw.update(overrides)
+    return GPTNeoXForCausalLM(GPTNeoXConfig(**kw)).eval()
+
+
+def save_tiny_model_dir(path: Path, model=None, tokenizer=None) -> Path:
+    """Write model + tokenizer with save_pretrained into ``path`` (a zoo-like folder)."""
+    tokenizer = tokenizer or make_tiny_tokenizer()
+    model = model or make_tiny_neox(vocab_size=len(tokenizer))
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A save_pretrained folder with a random tiny GPT-NeoX and a word-level tokenizer."""
+    return save_tiny_model_dir(tmp_path_factory.mktemp("tiny-neox"))
