@@ -1,0 +1,400 @@
+"""The multi-layer SAE (PAPER.md §1): one TopK sparse autoencoder trained on every layer's residual stream.
+
+A batch of T tokens from L layers is L*T examples; the layer index is never an input. Each vector
+is standardised (centred over its d entries, divided by its std), encoded as
+``z = TopK(W_enc (x_std - b_pre))`` (ReLU of the k largest, no encoder bias), decoded as
+``x_hat_std = W_dec z + b_pre`` and mapped back to the input space. A single-layer baseline SAE is
+the same class with one layer.
+
+The loss lives in the standardised space: the mean over layers of each layer's FVU plus
+``auxk_coef`` times AuxK (the top ``k_aux`` dead latents reconstruct the residual error).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from mlsae.kernels import sparse_decode, topk_encode
+from mlsae.paths import atomic_dir
+
+EPS = 1e-5  # standardisation
+WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+FORMAT = "mlsae"
+# The released MLSAEs (tim-lawson/mlsae) count dead latents in optimiser steps of 64 x 2048 tokens,
+# and advance ``last_nonzero`` once per forward pass over one 2048-token sequence.
+PAPER_TOKENS_PER_STEP, PAPER_TOKENS_PER_FORWARD = 64 * 2048, 2048
+
+
+@dataclass
+class SAEConfig:
+    """Shape and training hyperparameters of an MLSAE (defaults from PAPER.md §1)."""
+
+    d_model: int
+    n_latents: int
+    k: int
+    k_aux: int = 256  # dead latents that reconstruct the residual error (0 disables AuxK)
+    auxk_coef: float = 1 / 32
+    dead_tokens: int = 10_000_000  # a latent is dead after this many tokens (not examples) unfired
+    dead_threshold: float = 1e-3  # "fired" means value > this
+    standardize: bool = True
+    layers: list[int] | None = None  # model layers trained on; one layer for a baseline SAE
+
+    def __post_init__(self) -> None:
+        if self.d_model <= 0:
+            raise ValueError(f"d_model={self.d_model} must be positive: pass the residual width, e.g. 512")
+        if self.n_latents <= 0:
+            raise ValueError(
+                f"n_latents={self.n_latents} must be positive: use expansion_factor * d_model, e.g. 64 * 512"
+            )
+        if not 0 < self.k <= self.n_latents:
+            raise ValueError(f"k={self.k} must be in 1..n_latents={self.n_latents}: pick e.g. k=32")
+        if self.k_aux < 0:
+            raise ValueError(f"k_aux={self.k_aux} must be >= 0 (0 disables AuxK; the paper uses 256)")
+        if self.auxk_coef < 0:
+            raise ValueError(f"auxk_coef={self.auxk_coef} must be >= 0 (the paper uses 1/32)")
+        if self.dead_tokens <= 0:
+            raise ValueError(f"dead_tokens={self.dead_tokens} must be positive (the paper uses 10_000_000)")
+        if self.layers is not None:
+            self.layers = [int(layer) for layer in self.layers]
+
+    @classmethod
+    def from_expansion_factor(cls, d_model: int, expansion_factor: float, k: int, **kw) -> SAEConfig:
+        """n_latents = expansion_factor * d_model (the paper's R)."""
+        if expansion_factor <= 0:
+            raise ValueError(f"expansion_factor={expansion_factor} must be positive (the paper uses 1..256)")
+        n_latents = int(round(expansion_factor * d_model))
+        return cls(d_model=d_model, n_latents=n_latents, k=k, **kw)
+
+    @property
+    def expansion_factor(self) -> float:
+        return self.n_latents / self.d_model
+
+
+@dataclass
+class SAEOutput:
+    x_hat: Tensor  # [layer, token, d] reconstruction in the input space
+    top_values: Tensor  # [layer, token, k] post-ReLU, unordered
+    top_indices: Tensor  # [layer, token, k]
+    loss: Tensor  # [] mean layer FVU + auxk_coef * aux_loss
+    fvu_per_layer: Tensor  # [layer] detached, standardised space
+    aux_loss: Tensor  # [] AuxK (0 outside training or with no dead latents)
+
+
+def standardize(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Centre each vector over its last dim and divide by its std + eps -> (x_std, mean, scale).
+
+    ``x = x_std * scale + mean``. The unbiased std matches the released MLSAEs.
+    """
+    mean = x.mean(-1, keepdim=True)
+    x = x - mean
+    scale = x.std(-1, keepdim=True) + EPS
+    return x / scale, mean, scale
+
+
+def layer_fvu(x: Tensor, x_hat: Tensor) -> Tensor:
+    """FVU per layer: sum ||x - x_hat||^2 / sum ||x - mean_tokens(x)||^2. x, x_hat [L, T, d] -> [L]."""
+    x, x_hat = _at_least_fp32(x), _at_least_fp32(x_hat)
+    sse = (x_hat - x).pow(2).sum((1, 2))
+    var = (x - x.mean(1, keepdim=True)).pow(2).sum((1, 2))
+    return sse / var.clamp_min(torch.finfo(var.dtype).tiny)
+
+
+def aux_fvu(e: Tensor, e_hat: Tensor) -> Tensor:
+    """AuxK: ||e - e_hat||^2 normalised by the variance of the error e (over all examples). [n, d] -> []."""
+    e, e_hat = _at_least_fp32(e), _at_least_fp32(e_hat)
+    var = (e - e.mean(0)).pow(2).sum()
+    return (e_hat - e).pow(2).sum() / var.clamp_min(torch.finfo(var.dtype).tiny)
+
+
+def _rowwise_dot(a: Tensor, b: Tensor, chunk: int = 1024) -> Tensor:
+    """[m, d] x [m, d] -> [m]; chunked so the product temporaries stay in cache (about 4x faster)."""
+    out = a.new_empty(a.shape[0])
+    for i in range(0, a.shape[0], chunk):
+        torch.linalg.vecdot(a[i : i + chunk], b[i : i + chunk], dim=1, out=out[i : i + chunk])
+    return out
+
+
+def _at_least_fp32(t: Tensor) -> Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+@torch.no_grad()
+def geometric_median(points: Tensor, max_iter: int = 200, tol: float = 1e-7) -> Tensor:
+    """Weiszfeld iterations for argmin_m sum_i ||points_i - m|| (points [n, d] -> [d]), in float64."""
+    p = points.double()
+    med = p.mean(0)
+    for _ in range(max_iter):
+        w = 1 / torch.linalg.vector_norm(p - med, dim=1).clamp_min(1e-12)  # [n]
+        new = (w[:, None] * p).sum(0) / w.sum()
+        done = torch.linalg.vector_norm(new - med) <= tol * (1 + torch.linalg.vector_norm(med))
+        med = new
+        if done:
+            break
+    return med.to(points.dtype)
+
+
+class MLSAE(nn.Module):
+    """TopK SAE over the residual vectors of every layer (see module docstring).
+
+    Parameters: ``W_enc`` [n_latents, d], ``W_dec_rows`` [n_latents, d] and ``b_pre`` [d]; buffer
+    ``tokens_since_fired`` [n_latents]. The decoder ``W_dec`` [d, n_latents] (unit-norm columns) is
+    the view ``W_dec_rows.T``: stored row-major so that each latent's decoder vector is contiguous,
+    which ``embedding_bag`` and fused Adam need to be fast. Its gradient lives on ``W_dec_rows``.
+    """
+
+    def __init__(self, cfg: SAEConfig, *, device: torch.device | str | None = None, dtype=torch.float32):
+        super().__init__()
+        self.cfg = cfg
+        W = torch.randn(cfg.n_latents, cfg.d_model, device=device, dtype=dtype)
+        W /= torch.linalg.vector_norm(W, dim=1, keepdim=True)
+        self.W_enc = nn.Parameter(W.clone())  # [m, d]
+        self.W_dec_rows = nn.Parameter(W.clone())  # [m, d]; W_dec = W_enc.T at init
+        self.b_pre = nn.Parameter(torch.zeros(cfg.d_model, device=device, dtype=dtype))
+        counter = torch.zeros(cfg.n_latents, dtype=torch.long, device=device)
+        self.register_buffer("tokens_since_fired", counter)  # [m], saved with the model
+        self.chunk_rows: int | None = None  # rows per pre-activation chunk; None: kernels.CHUNK_ELEMS
+
+    @property
+    def W_dec(self) -> Tensor:
+        """[d, n_latents] decoder, a view of ``W_dec_rows``."""
+        return self.W_dec_rows.t()
+
+    # --- encoding and decoding -------------------------------------------------------------------
+
+    def _standardize(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x = x.to(self.W_enc.dtype)
+        if self.cfg.standardize:
+            return standardize(x)
+        return x, x.new_zeros(()), x.new_ones(())
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Latents of input-space vectors x [n, d] -> (values [n, k] post-ReLU, indices [n, k])."""
+        x_std, _, _ = self._standardize(x)
+        return self._encode_std(x_std)
+
+    def _encode_std(self, x_std: Tensor) -> tuple[Tensor, Tensor]:
+        values, indices, _ = topk_encode(x_std, self.b_pre, self.W_enc, self.cfg.k, chunk_rows=self.chunk_rows)
+        return values.relu(), indices
+
+    def decode(self, values: Tensor, indices: Tensor) -> Tensor:
+        """Reconstruction in the STANDARDISED space, ``W_dec z + b_pre`` -> [n, d].
+
+        Map back with the input's (mean, scale) from ``standardize``, or use ``reconstruct``.
+        """
+        return sparse_decode(values, indices, self.W_dec_rows) + self.b_pre
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Input-space reconstruction of x [..., d] -> [..., d] (the layer index plays no role)."""
+        shape = x.shape
+        x_std, mean, scale = self._standardize(x.reshape(-1, shape[-1]))
+        x_hat = self.decode(*self._encode_std(x_std)) * scale + mean
+        return x_hat.reshape(shape)
+
+    # --- training --------------------------------------------------------------------------------
+
+    def dead_mask(self) -> Tensor:
+        """[n_latents] bool: latents unfired for at least ``dead_tokens`` tokens."""
+        return self.tokens_since_fired >= self.cfg.dead_tokens
+
+    def forward(self, x: Tensor) -> SAEOutput:
+        """x [layer, token, d] -> SAEOutput. In training mode also computes AuxK and advances the
+        dead-latent counters by T tokens (the dead set used is the one from before this batch)."""
+        if x.ndim != 3 or x.shape[-1] != self.cfg.d_model:
+            raise ValueError(
+                f"expected x of shape [layer, token, d_model={self.cfg.d_model}], got {tuple(x.shape)}; "
+                "for a single layer pass x[None]"
+            )
+        L, T, d = x.shape
+        x_std, mean, scale = self._standardize(x)  # [L, T, d], [L, T, 1] x2
+        flat = x_std.reshape(L * T, d)
+        cfg = self.cfg
+        use_aux = self.training and cfg.k_aux > 0 and cfg.auxk_coef > 0
+        dead = torch.nonzero(self.dead_mask()).squeeze(1) if use_aux else None  # [n_dead]
+        values, indices, pre_dead = topk_encode(flat, self.b_pre, self.W_enc, cfg.k, dead, self.chunk_rows)
+        values = values.relu()
+        x_hat_std = self.decode(values, indices)  # [L*T, d]
+
+        fvu = layer_fvu(x_std, x_hat_std.view(L, T, d))
+        aux_loss = self._aux_loss(flat, x_hat_std, pre_dead, dead) if use_aux else fvu.new_zeros(())
+        loss = fvu.mean() + cfg.auxk_coef * aux_loss
+        if self.training:
+            self._count_dead(values, indices, n_tokens=T)
+        return SAEOutput(
+            x_hat=x_hat_std.view(L, T, d) * scale + mean,
+            top_values=values.view(L, T, -1),
+            top_indices=indices.view(L, T, -1),
+            loss=loss,
+            fvu_per_layer=fvu.detach(),
+            aux_loss=aux_loss,
+        )
+
+    def _aux_loss(self, x_std: Tensor, x_hat_std: Tensor, pre_dead: Tensor, dead: Tensor) -> Tensor:
+        """Top k_aux dead latents reconstruct the (detached) error x_std - x_hat_std.
+
+        A small dense problem over the dead latents only: z [n, n_dead] @ their decoder rows.
+        """
+        if dead.numel() == 0:
+            return _at_least_fp32(x_std.new_zeros(()))
+        k_aux = min(self.cfg.k_aux, dead.numel())
+        v, i = pre_dead.topk(k_aux, dim=1, sorted=False)  # [n, k_aux], local to dead
+        z = torch.zeros_like(pre_dead).scatter(1, i, v.relu())  # [n, n_dead]
+        e_hat = z @ self.W_dec_rows.index_select(0, dead)  # [n, d]; no bias: it models an error
+        e = (x_std - x_hat_std).detach()
+        return aux_fvu(e, e_hat)
+
+    @torch.no_grad()
+    def _count_dead(self, values: Tensor, indices: Tensor, n_tokens: int) -> None:
+        fired = torch.zeros_like(self.tokens_since_fired, dtype=torch.bool)
+        fired[indices[values > self.cfg.dead_threshold]] = True
+        self.tokens_since_fired += n_tokens
+        self.tokens_since_fired[fired] = 0
+
+    @torch.no_grad()
+    def init_b_pre_(self, x: Tensor) -> None:
+        """Set b_pre to the geometric median of a batch x [..., d], in the standardised space."""
+        x_std, _, _ = self._standardize(x.reshape(-1, x.shape[-1]))
+        self.b_pre.copy_(geometric_median(x_std))
+
+    @torch.no_grad()
+    def project_decoder_grads_(self) -> None:
+        """Remove from each decoder column's gradient its component along that column (after backward)."""
+        W, G = self.W_dec_rows, self.W_dec_rows.grad  # [m, d]
+        if G is None:
+            return
+        coef = _rowwise_dot(G, W) / _rowwise_dot(W, W)  # [m]
+        G.addcmul_(coef.neg().unsqueeze(1), W)
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Renormalise decoder columns to unit norm (after each optimiser step)."""
+        W = self.W_dec_rows  # [m, d]
+        W.div_(torch.linalg.vector_norm(W, dim=1, keepdim=True).clamp_min(1e-12))
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write ``model.safetensors`` + ``config.json`` into directory ``path`` atomically."""
+        tensors = {
+            "W_enc": self.W_enc,
+            "W_dec": self.W_dec,
+            "b_pre": self.b_pre,
+            "tokens_since_fired": self.tokens_since_fired,
+        }
+        tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+        config = {"format": FORMAT, "format_version": 1, **asdict(self.cfg)}
+        with atomic_dir(Path(path)) as tmp:
+            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        device: torch.device | str | None = None,
+        tokens_per_step: int = PAPER_TOKENS_PER_STEP,
+        tokens_per_forward: int = PAPER_TOKENS_PER_FORWARD,
+    ) -> MLSAE:
+        """Load a directory written by ``save_pretrained`` or a released MLSAE (hub layout).
+
+        The layout is detected from ``config.json``. Released checkpoints count dead latents in
+        steps: ``dead_tokens = dead_steps_threshold * tokens_per_step`` and
+        ``tokens_since_fired = last_nonzero * tokens_per_forward`` (the paper's run: 64 sequences of
+        2048 tokens per step, one sequence per forward). ``auxk: null`` becomes ``k_aux=0``.
+        """
+        path = Path(path)
+        config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+        for p in (config_path, weights_path):
+            if not p.is_file():
+                raise FileNotFoundError(
+                    f"{p}: missing; expected a directory written by MLSAE.save_pretrained "
+                    "or a released MLSAE (config.json + model.safetensors)"
+                )
+        try:
+            raw = json.loads(config_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config_path}: not valid JSON ({err})") from err
+        tensors = load_file(str(weights_path))
+        if "n_inputs" in raw:  # released layout (tim-lawson/mlsae TopKSAE)
+            try:
+                cfg = SAEConfig(
+                    d_model=raw["n_inputs"],
+                    n_latents=raw["n_latents"],
+                    k=raw["k"],
+                    k_aux=raw.get("auxk") or 0,
+                    dead_tokens=raw["dead_steps_threshold"] * tokens_per_step,
+                    dead_threshold=raw.get("dead_threshold", 1e-3),
+                    standardize=raw.get("standardize", True),
+                    layers=raw.get("layers"),
+                )
+            except KeyError as err:
+                raise ValueError(f"{config_path}: released-MLSAE config lacks {err}") from err
+            names = {"W_enc": "encoder.weight", "W_dec": "decoder.weight", "b_pre": "pre_encoder_bias"}
+            counter = tensors.get("last_nonzero")
+            fired = None if counter is None else counter.long() * tokens_per_forward
+        else:
+            known = {f.name for f in fields(SAEConfig)}
+            unknown = set(raw) - known - {"format", "format_version"}
+            if unknown:
+                raise ValueError(f"{config_path}: unknown config keys {sorted(unknown)}")
+            cfg = SAEConfig(**{key: raw[key] for key in raw if key in known})
+            names = {"W_enc": "W_enc", "W_dec": "W_dec", "b_pre": "b_pre"}
+            fired = tensors.get("tokens_since_fired")
+
+        d, m = cfg.d_model, cfg.n_latents
+        sae = cls(cfg, device="meta").to_empty(device=device or "cpu")  # skip the random init
+        targets = {"W_enc": (sae.W_enc, (m, d)), "W_dec": (sae.W_dec, (d, m)), "b_pre": (sae.b_pre, (d,))}
+        with torch.no_grad():
+            for attr, key in names.items():
+                if key not in tensors:
+                    raise ValueError(f"{weights_path}: missing tensor {key!r} (has {sorted(tensors)})")
+                target, shape = targets[attr]
+                if tuple(tensors[key].shape) != shape:
+                    raise ValueError(
+                        f"{weights_path}: {key!r} has shape {tuple(tensors[key].shape)}, expected {shape} "
+                        f"from {config_path} (d_model={d}, n_latents={m})"
+                    )
+                target.copy_(tensors[key])
+            sae.tokens_since_fired.zero_()
+            if fired is not None:
+                if tuple(fired.shape) != (m,):
+                    raise ValueError(
+                        f"{weights_path}: dead-latent counter has shape {tuple(fired.shape)}, expected ({m},)"
+                    )
+                sae.tokens_since_fired.copy_(fired)
+        return sae
+
+
+def dense_reference_loss(
+    sae: MLSAE, x: Tensor, dead_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The straightforward dense implementation of ``MLSAE.forward``'s training loss.
+
+    Dense latents [L*T, n_latents] via torch.topk + scatter, a dense decoder matmul, dense AuxK,
+    plain autograd. For tests and the benchmark only. x [L, T, d] -> (loss, fvu [L], aux_loss).
+    ``dead_mask`` defaults to ``sae.dead_mask()`` (call this before ``sae.forward`` updates it).
+    """
+    cfg = sae.cfg
+    L, T, d = x.shape
+    x_std, _, _ = sae._standardize(x)
+    flat = x_std.reshape(L * T, d)
+    pre = (flat - sae.b_pre) @ sae.W_enc.t()  # [n, m]
+    v, i = pre.topk(cfg.k, dim=1)
+    z = torch.zeros_like(pre).scatter(1, i, v.relu())  # [n, m]
+    x_hat = z @ sae.W_dec.t() + sae.b_pre  # [n, d]
+    fvu = layer_fvu(x_std, x_hat.view(L, T, d))
+    aux = fvu.new_zeros(())
+    dead_mask = sae.dead_mask() if dead_mask is None else dead_mask
+    n_dead = int(dead_mask.sum())
+    if n_dead and cfg.k_aux > 0 and cfg.auxk_coef > 0:
+        av, ai = pre.masked_fill(~dead_mask, -math.inf).topk(min(cfg.k_aux, n_dead), dim=1)
+        z_aux = torch.zeros_like(pre).scatter(1, ai, av.relu())  # [n, m]
+        aux = aux_fvu((flat - x_hat).detach(), z_aux @ sae.W_dec.t())
+    return fvu.mean() + cfg.auxk_coef * aux, fvu.detach(), aux

@@ -1,0 +1,115 @@
+"""The sparse kernels against plain-autograd dense references (values and gradients)."""
+
+import pytest
+import torch
+
+from mlsae.kernels import scatter_rows, sparse_decode, topk_encode, topk_rows
+
+
+def _same_topk(values, indices, pre, k, tol=0.0):
+    """values/indices are a valid top-k of pre: right values at those indices, same multiset as torch.topk.
+
+    ``tol`` allows for a chunked matmul rounding differently from the full one."""
+    assert values.shape == indices.shape == (pre.shape[0], k)
+    torch.testing.assert_close(pre.gather(1, indices), values, rtol=tol, atol=tol)
+    assert (indices.sort(1).values.diff(dim=1) > 0).all(), "indices repeat within a row"
+    ref = pre.topk(k, dim=1).values
+    torch.testing.assert_close(values.sort(1, descending=True).values, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("m", [4096, 1000, 64])  # block path, not divisible, too small for blocks
+def test_topk_rows_exact(m):
+    torch.manual_seed(0)
+    pre = torch.randn(37, m)
+    values, indices = topk_rows(pre, 8)
+    _same_topk(values, indices, pre, 8)
+
+
+def test_topk_rows_ties():
+    torch.manual_seed(0)
+    pre = torch.randint(0, 5, (20, 2048)).float()  # many exact ties
+    values, indices = topk_rows(pre, 16)
+    _same_topk(values, indices, pre, 16)
+
+
+def test_scatter_rows_matches_index_add():
+    torch.manual_seed(0)
+    n, k, d, m = 50, 4, 6, 30
+    idx = torch.randint(0, m, (n, k))
+    w, src = torch.randn(n, k, dtype=torch.float64), torch.randn(n, d, dtype=torch.float64)
+    outer = (w[:, :, None] * src[:, None]).reshape(-1, d)  # [n*k, d]
+    ref = torch.zeros(m, d, dtype=torch.float64).index_add_(0, idx.reshape(-1), outer)
+    torch.testing.assert_close(scatter_rows(idx, w, src, m), ref)
+
+
+def _encode_reference(x, b, W, k, cols):
+    pre = (x - b) @ W.t()
+    values, indices = pre.topk(k, dim=1)
+    return values, indices, pre[:, cols]
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 1000])
+def test_topk_encode_matches_autograd(chunk_rows):
+    torch.manual_seed(0)
+    n, d, m, k = 45, 12, 256, 5
+    dt = torch.float64
+    x = torch.randn(n, d, dtype=dt, requires_grad=True)
+    b = torch.randn(d, dtype=dt, requires_grad=True)
+    W = torch.randn(m, d, dtype=dt, requires_grad=True)
+    cols = torch.tensor([3, 17, 100, 255])
+    g_val, g_cols = torch.randn(n, k, dtype=dt), torch.randn(n, cols.numel(), dtype=dt)
+
+    values, indices, pre_cols = topk_encode(x, b, W, k, cols, chunk_rows=chunk_rows)
+    with torch.no_grad():
+        _same_topk(values, indices, (x - b) @ W.t(), k, tol=1e-12)
+    ((values * g_val).sum() + (pre_cols * g_cols).sum()).backward()
+    grads = [t.grad.clone() for t in (x, b, W)]
+
+    for t in (x, b, W):
+        t.grad = None
+    ref_v, ref_i, ref_cols = _encode_reference(x, b, W, k, cols)
+    # align the reference's (sorted) order with the kernel's (unordered) one
+    order = (indices.unsqueeze(2) == ref_i.unsqueeze(1)).float().argmax(2)  # [n, k]
+    ((ref_v.gather(1, order) * g_val).sum() + (ref_cols * g_cols).sum()).backward()
+    torch.testing.assert_close(pre_cols, ref_cols)
+    for got, t in zip(grads, (x, b, W)):
+        torch.testing.assert_close(got, t.grad)
+
+
+def test_topk_encode_without_cols_and_no_grad():
+    torch.manual_seed(0)
+    x, b, W = torch.randn(10, 8), torch.zeros(8), torch.randn(64, 8)
+    with torch.no_grad():
+        values, indices, pre_cols = topk_encode(x, b, W, 3)
+    assert pre_cols.shape == (10, 0)
+    _same_topk(values, indices, x @ W.t(), 3, tol=1e-5)
+
+
+def test_topk_encode_bf16_autocast():
+    torch.manual_seed(0)
+    x, b = torch.randn(30, 16), torch.zeros(16)
+    W = torch.randn(128, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        values, indices, _ = topk_encode(x, b, W, 4)
+    assert values.dtype == torch.float32
+    exact = (x @ W.detach().t()).gather(1, indices)
+    torch.testing.assert_close(values, exact, rtol=2e-2, atol=5e-2)
+    values.sum().backward()
+    assert W.grad.dtype == torch.float32 and W.grad.isfinite().all()
+
+
+def test_sparse_decode_matches_dense():
+    torch.manual_seed(0)
+    n, k, d, m = 20, 3, 7, 40
+    dt = torch.float64
+    idx = torch.stack([torch.randperm(m)[:k] for _ in range(n)])
+    v = torch.rand(n, k, dtype=dt, requires_grad=True)
+    W_rows = torch.randn(m, d, dtype=dt, requires_grad=True)
+    g = torch.randn(n, d, dtype=dt)
+    (sparse_decode(v, idx, W_rows) * g).sum().backward()
+    grads = v.grad.clone(), W_rows.grad.clone()
+    v.grad = W_rows.grad = None
+    z = torch.zeros(n, m, dtype=dt).scatter(1, idx, v)
+    ((z @ W_rows) * g).sum().backward()
+    torch.testing.assert_close(grads[0], v.grad)
+    torch.testing.assert_close(grads[1], W_rows.grad)
