@@ -1,0 +1,177 @@
+"""Trainer: metrics log, checkpoints, exact resume after a kill, determinism, bad input; evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mlsae.metrics import evaluate
+from mlsae.models import load_model
+from mlsae.sae import MLSAE
+from mlsae.train import TrainConfig, config_from_preset, train
+
+WORDS = "when mary and john went to the store gave a drink to the cat sat on mat dog ran fast".split()
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory) -> Path:
+    """A local data set (train/test jsonl) in the tiny tokenizer's vocabulary."""
+    g = torch.Generator().manual_seed(0)
+    d = tmp_path_factory.mktemp("text")
+    for split, n in (("train", 400), ("test", 60)):
+        docs = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (40,), generator=g).tolist()) for _ in range(n)]
+        (d / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    return d
+
+
+def _cfg(model_dir, text_dir, **kw) -> TrainConfig:
+    base = dict(model=str(model_dir), data=str(text_dir), expansion_factor=4, k=4, k_aux=8, seq_len=16, batch_size=4,
+                max_tokens=16 * 4 * 30, lr=3e-3, dead_tokens=500, checkpoint_every=5, log_every=1)
+    return config_from_preset("tiny", **{**base, **kw})
+
+
+def test_training_logs_metrics_lowers_fvu_and_saves(tiny_model_dir, text_dir, tmp_path):
+    result = train(_cfg(tiny_model_dir, text_dir), tmp_path / "run", progress=False)
+    log = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 31))
+    for row in log:
+        assert {"loss", "fvu", "fvu_per_layer", "dead_fraction", "tokens"} <= set(row)
+        assert len(row["fvu_per_layer"]) == 3
+    assert sum(r["fvu"] for r in log[-5:]) < sum(r["fvu"] for r in log[:5])
+    sae = MLSAE.from_pretrained(tmp_path / "run" / "sae")
+    assert sae.cfg.layers == [0, 1, 2] and sae.cfg.n_latents == 4 * 32
+    assert result.steps == 30 and result.tokens > 0
+
+
+def test_same_seed_same_weights(tiny_model_dir, text_dir, tmp_path):
+    a = train(_cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 8), tmp_path / "a", progress=False).sae
+    b = train(_cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 8), tmp_path / "b", progress=False).sae
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def _cli(model_dir, text_dir, out, steps) -> list[str]:
+    return [sys.executable, "-m", "mlsae", "train", "--model", str(model_dir), "--data", str(text_dir),
+            "--preset", "tiny", "--expansion-factor", "4", "-k", "4", "--seq-len", "16", "--batch-size", "4",
+            "--max-tokens", str(16 * 4 * steps), "--checkpoint-every", "3", "--out", str(out)]
+
+
+def test_resume_after_kill_gives_the_same_final_weights(tiny_model_dir, text_dir, tmp_path):
+    steps = 150
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cli(tiny_model_dir, text_dir, tmp_path / "full", steps), check=True, env=env, capture_output=True)
+
+    proc = subprocess.Popen(_cli(tiny_model_dir, text_dir, tmp_path / "cut", steps), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "cut" / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "no checkpoint appeared before the kill"
+    killed_at = json.loads(state.read_text())["step"]
+    assert killed_at < steps, "the run finished before it could be killed"
+    assert not (tmp_path / "cut" / "sae" / "config.json").exists()
+
+    subprocess.run(_cli(tiny_model_dir, text_dir, tmp_path / "cut", steps), check=True, env=env, capture_output=True)
+    full = load_file(tmp_path / "full" / "sae" / "model.safetensors")
+    resumed = load_file(tmp_path / "cut" / "sae" / "model.safetensors")
+    assert full.keys() == resumed.keys()
+    for name in full:
+        assert torch.equal(full[name], resumed[name]), f"{name} differs after resuming from step {killed_at}"
+    rows = [json.loads(l) for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == sorted({r["step"] for r in rows}), "log has duplicated steps after resume"
+
+
+def test_non_finite_activations_stop_with_the_step_and_keep_the_last_checkpoint(tiny_model_dir, text_dir, tmp_path, monkeypatch):
+    import mlsae.train as train_module
+
+    real = train_module.residual_batches
+
+    def poisoned(model, tokenizer, batches):
+        for i, (ids, keep, resid) in enumerate(real(model, tokenizer, batches)):
+            if i == 7:
+                resid = resid.clone()
+                resid[0, 0, 0, 0] = float("nan")
+            yield ids, keep, resid
+
+    monkeypatch.setattr(train_module, "residual_batches", poisoned)
+    with pytest.raises(FloatingPointError, match="step 7"):
+        train(_cfg(tiny_model_dir, text_dir), tmp_path / "run", progress=False)
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 5
+    sae = MLSAE.from_pretrained(tmp_path / "run" / "checkpoint" / "sae")
+    assert all(torch.isfinite(p).all() for p in sae.parameters())
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [(dict(k=0), "k"), (dict(expansion_factor=0), "expansion_factor"), (dict(k=10_000), "k"),
+     (dict(autocast="fp16"), "CUDA"), (dict(layers=[5]), "layers")],
+)
+def test_bad_configuration_is_a_clear_error(tiny_model_dir, text_dir, tmp_path, change, match):
+    with pytest.raises(ValueError, match=match):
+        train(_cfg(tiny_model_dir, text_dir, **change), tmp_path / "run", progress=False)
+
+
+def test_unknown_preset_and_model(tmp_path):
+    with pytest.raises(ValueError, match="preset"):
+        config_from_preset("huge")
+    with pytest.raises(ValueError, match="pythia-70m"):  # the registry lists its names
+        train(config_from_preset("tiny", model="not-a-model"), tmp_path / "run", progress=False)
+
+
+def test_empty_data_set_is_a_clear_error(tiny_model_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "train.jsonl").write_text("")
+    (empty / "test.jsonl").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        train(_cfg(tiny_model_dir, empty), tmp_path / "run", progress=False)
+
+
+def test_evaluation_per_layer_and_splicing(tiny_model_dir, text_dir, tmp_path):
+    from mlsae.data import load_text, token_batches
+
+    sae = train(_cfg(tiny_model_dir, text_dir), tmp_path / "run", progress=False).sae
+    model, tok = load_model(str(tiny_model_dir))
+    batches = list(token_batches(load_text(str(text_dir), split="test"), tok, 16, 4, max_tokens=16 * 4 * 3))
+    r = evaluate(model, tok, sae, batches, progress=False)
+    assert r.layers == [0, 1, 2] and len(r.fvu) == 3 and r.tokens > 0
+    assert all(0 < f < 1.5 for f in r.fvu)
+    assert all(0 < l0 <= 4 for l0 in r.l0)
+    assert all(kl >= 0 for kl in r.kl)
+    assert r.clean_ce > 0
+
+    # A perfect "SAE" (identity reconstruction) has zero FVU, Delta CE and KL: splicing is exact.
+    class Perfect(torch.nn.Module):
+        cfg = sae.cfg
+
+        def forward(self, x):
+            out = sae(x)
+            out.x_hat = x.clone()
+            return out
+
+    p = evaluate(model, tok, Perfect(), batches, progress=False)
+    assert max(abs(v) for v in p.fvu) < 1e-6
+    assert max(abs(v) for v in p.delta_ce) < 1e-4 and max(p.kl) < 1e-4
+
+
+def test_checkpoint_for_another_model_width_is_rejected(tiny_model_dir, text_dir, tmp_path):
+    from mlsae.metrics import check_sae_matches_model
+    from mlsae.sae import SAEConfig
+
+    model, _ = load_model(str(tiny_model_dir))
+    wrong = MLSAE(SAEConfig(d_model=48, n_latents=96, k=4))
+    with pytest.raises(ValueError, match="d_model"):
+        check_sae_matches_model(wrong, model)
