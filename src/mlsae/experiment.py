@@ -1,0 +1,263 @@
+"""One experiment = one (model, R, k, lens) setting; what every notebook starts from.
+
+An :class:`Experiment` validates its parameters before doing any work (so a bad papermill
+``-p`` fails in the first cell), then lazily provides the language model, the lens, the trained
+SAE and the statistics. Everything expensive is cached under ``$MLSAE_HOME`` keyed by the
+configuration, so notebooks run in order train each SAE once, and a notebook run alone trains
+what it needs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from mlsae.paths import atomic_write_bytes, atomic_write_text, mlsae_home
+
+IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+# Notebook presets: which models the model-size figures use, and the token budgets.
+# "train" names a mlsae.train preset; "hub_data" is the text used for non-zoo models.
+NOTEBOOK_PRESETS: dict[str, dict] = {
+    "tiny": dict(
+        train="tiny", model="micro-m", models=["micro-s", "micro-m", "micro-l"], expansion_factor=8,
+        eval_tokens=2_048, analysis_tokens=8_192, seq_len=64, batch_size=8,
+    ),
+    "default": dict(
+        train="default", model="zoo-m", models=["zoo-s", "zoo-m", "zoo-l"], expansion_factor=16,
+        eval_tokens=32_768, analysis_tokens=262_144, seq_len=128, batch_size=32,
+    ),
+    "paper": dict(
+        train="paper", model="pythia-70m", models=["pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b"],
+        expansion_factor=64, eval_tokens=1_000_000, analysis_tokens=10_000_000, seq_len=2048, batch_size=8,
+    ),
+}
+HUB_DATA = "monology/pile-uncopyrighted"
+
+
+def preset_settings(preset: str) -> dict:
+    if preset not in NOTEBOOK_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(NOTEBOOK_PRESETS)}")
+    return NOTEBOOK_PRESETS[preset]
+
+
+@dataclass
+class Experiment:
+    """Parameters as a notebook's ``parameters`` cell has them; ``None`` means "from the preset"."""
+
+    model: str | None = None
+    preset: str = "default"
+    expansion_factor: int | None = None
+    k: int = 32
+    tuned_lens: bool = False
+    layers: list[int] | None = None
+    data: str | None = None
+    train_tokens: int | None = None
+    eval_tokens: int | None = None
+    analysis_tokens: int | None = None
+    seed: int = 42
+    device: str = "cpu"
+    progress: bool = True
+    _checked: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        p = preset_settings(_typed("preset", self.preset, str))
+        self.model = _typed("model", self.model if self.model is not None else p["model"], str)
+        self.expansion_factor = _typed("expansion_factor", self.expansion_factor or p["expansion_factor"], int)
+        self.k = _typed("k", self.k, int)
+        self.tuned_lens = _typed("tuned_lens", self.tuned_lens, bool)
+        self.seed = _typed("seed", self.seed, int)
+        self.device = _typed("device", self.device, str)
+        for name in ("train_tokens", "eval_tokens", "analysis_tokens"):
+            value = getattr(self, name)
+            if value is not None and (_typed(name, value, int) <= 0):
+                raise ValueError(f"{name} must be a positive number of tokens, got {value}")
+        self.eval_tokens = self.eval_tokens or p["eval_tokens"]
+        self.analysis_tokens = self.analysis_tokens or p["analysis_tokens"]
+        if self.expansion_factor <= 0:
+            raise ValueError(f"expansion_factor must be positive, got {self.expansion_factor}")
+        if self.k <= 0:
+            raise ValueError(f"k must be positive, got {self.k}")
+        from mlsae.models import model_shape, resolve_model
+
+        source = resolve_model(self.model)  # unknown names fail here, before any work
+        self.data = self.data or ("offline:micro" if self.model.startswith("micro-") else "offline" if source.kind == "zoo" else HUB_DATA)
+        shape = model_shape(self.model)  # (n_layers, d_model) without loading weights, or None
+        if shape is not None:
+            n_layers, d_model = shape
+            if self.k > self.expansion_factor * d_model:
+                raise ValueError(
+                    f"k={self.k} exceeds the number of latents {self.expansion_factor * d_model} "
+                    f"(expansion_factor {self.expansion_factor} x d_model {d_model}); lower k or raise expansion_factor"
+                )
+            if self.layers is not None and any(not 0 <= l < n_layers for l in self.layers):
+                raise ValueError(f"layers {self.layers} out of range for {self.model} with {n_layers} layers")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} but no CUDA device is available; use device='cpu'")
+
+    # ---- naming and variants ---------------------------------------------------------------
+
+    @property
+    def slug_without_model(self) -> str:
+        """File-name stem for figures that span several models."""
+        return f"{self.preset}-x{self.expansion_factor}-k{self.k}" + ("-lens" if self.tuned_lens else "")
+
+    @property
+    def slug(self) -> str:
+        """File-name stem for figures of this model."""
+        return f"{_safe(self.model)}-x{self.expansion_factor}-k{self.k}" + ("-lens" if self.tuned_lens else "")
+
+    def with_model(self, model: str, **changes) -> "Experiment":
+        """The same experiment for another model (or other changes), validated afresh."""
+        keep = {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name != "_checked"}
+        keep.update(model=model, data=None if model != self.model else self.data, **changes)
+        return Experiment(**keep)
+
+    def reconstruction_table(self, models: list[str], lens_options: tuple[bool, ...] = (False, True)) -> list[dict]:
+        """PAPER.md §4 item 10: FVU, MSE, L0, L1, Delta CE, KL per model, with and without the lens."""
+        rows = []
+        for m in models:
+            for lens in lens_options:
+                e = self.with_model(m, tuned_lens=lens)
+                r = e.evaluate()
+                rows.append({"model": m, "tuned lens": lens, "layers": len(r.layers), "FVU": r.mean("fvu"),
+                             "MSE": r.mean("mse"), "L0": r.mean("l0"), "L1": r.mean("l1"),
+                             "delta CE": r.mean("delta_ce"), "KL": r.mean("kl"), "clean CE": r.clean_ce,
+                             "dead fraction": r.dead_fraction})
+        return rows
+
+    # ---- the pieces, built lazily and cached ------------------------------------------------
+
+    @property
+    def settings(self) -> dict:
+        return preset_settings(self.preset)
+
+    @cached_property
+    def lm(self):
+        """(model, tokenizer), loaded through the registry."""
+        from mlsae.models import load_model
+
+        return load_model(self.model, device=self.device)
+
+    @cached_property
+    def lens(self):
+        if not self.tuned_lens:
+            return None
+        from mlsae.lens import residual_lens_for
+
+        model, tokenizer = self.lm
+        return residual_lens_for(self.model, model, tokenizer, data=self.data, seed=self.seed, progress=self.progress)
+
+    def train_config(self):
+        from mlsae.train import config_from_preset
+
+        overrides = dict(
+            model=self.model, expansion_factor=self.expansion_factor, k=self.k, tuned_lens=self.tuned_lens,
+            layers=self.layers, data=self.data, seed=self.seed, device=self.device,
+        )
+        if self.train_tokens:
+            overrides["max_tokens"] = self.train_tokens
+        return config_from_preset(self.settings["train"], **overrides)
+
+    @cached_property
+    def sae(self):
+        from mlsae.train import train_or_load
+
+        sae, self._checked["out_dir"] = train_or_load(self.train_config(), progress=self.progress)
+        return sae.eval()
+
+    @property
+    def out_dir(self) -> Path:
+        return mlsae_home() / "saes" / self.train_config().cache_key()
+
+    def training_log(self) -> list[dict]:
+        self.sae  # noqa: B018 - make sure it exists
+        path = self.out_dir / "metrics.jsonl"
+        return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+    def batches(self, tokens: int, split: str = "test") -> Iterator[Tensor]:
+        """Token batches [batch, seq_len] of held-out text (``split='test'``)."""
+        from mlsae.data import load_text, token_batches
+
+        _, tokenizer = self.lm
+        dataset = load_text(self.data, split=split, streaming=True)
+        return token_batches(dataset, tokenizer, self.settings["seq_len"], self.settings["batch_size"], max_tokens=tokens)
+
+    # ---- statistics, cached next to the SAE --------------------------------------------------
+
+    def evaluate(self, downstream: bool = True):
+        from mlsae.metrics import EvalResult, evaluate
+
+        path = self.out_dir / f"eval-{self.eval_tokens}-{int(downstream)}.json"
+        if path.exists():
+            return EvalResult(**json.loads(path.read_text()))
+        model, tokenizer = self.lm
+        result = evaluate(model, tokenizer, self.sae, self.batches(self.eval_tokens), lens=self.lens,
+                          downstream=downstream, progress=self.progress)
+        atomic_write_text(path, json.dumps(result.to_dict()))
+        return result
+
+    def distributions(self):
+        from mlsae.analysis import LayerDistributions, layer_distributions
+
+        path = self.out_dir / f"distributions-{self.analysis_tokens}.safetensors"
+        if path.exists():
+            return LayerDistributions.load(path)
+        model, tokenizer = self.lm
+        stats = layer_distributions(model, tokenizer, self.sae, self.batches(self.analysis_tokens), lens=self.lens,
+                                    progress=self.progress)
+        stats.save(path)
+        return stats
+
+    def prompt_distribution(self, prompt: str = IOI_PROMPT):
+        from mlsae.analysis import prompt_distribution
+
+        model, tokenizer = self.lm
+        return prompt_distribution(model, tokenizer, self.sae, prompt, lens=self.lens)
+
+    def geometry(self):
+        """Adjacent-layer cosine similarity and norms of the residual stream (no SAE involved)."""
+        import pickle
+
+        from mlsae.analysis import residual_geometry
+
+        path = mlsae_home() / "geometry" / f"{_safe(self.model)}-{self.data.replace('/', '_').replace(':', '_')}-{self.eval_tokens}-lens{int(self.tuned_lens)}.pkl"
+        if path.exists():
+            return pickle.loads(path.read_bytes())
+        model, tokenizer = self.lm
+        geom = residual_geometry(model, tokenizer, lambda: self.batches(self.eval_tokens), lens=self.lens, progress=self.progress)
+        atomic_write_bytes(path, pickle.dumps(geom))
+        return geom
+
+
+def series_models(exp: Experiment, models: list[str] | None = None) -> list[str]:
+    """The model-size series for ``exp``: ``models`` or the preset's, those loadable here, plus
+    ``exp.model``; ordered by depth then width. Hub models that are not cached are left out (and
+    said so), zoo models are always available."""
+    from mlsae.models import is_available, model_shape
+
+    wanted = list(models) if models is not None else list(exp.settings["models"])
+    if exp.model not in wanted:
+        wanted.append(exp.model)
+    missing = [m for m in wanted if m != exp.model and not is_available(m)]
+    if missing:
+        print(f"not on this machine, left out of the series: {', '.join(missing)}")
+    present = [m for m in wanted if m not in missing]
+    return sorted(present, key=lambda m: model_shape(m) or (0, 0))
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in name).strip("_") or "model"
+
+
+def _typed(name: str, value, kind: type):
+    # papermill passes what the user typed; bool is an int subclass, so check it first
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"parameter {name}={value!r} should be of type {kind.__name__}, got {type(value).__name__}")
+    return value

@@ -1,0 +1,90 @@
+"""Run the numbered notebooks with papermill: one, or all of them in order.
+
+Used by ``python -m mlsae figures`` (the README's regenerate-all command) and by the test
+suite, which executes every notebook with the ``tiny`` preset before validating it with nbval.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ROOT / "notebooks"
+EXECUTED = ROOT / "outputs" / "executed"
+
+
+def notebook_paths(notebooks_dir: Path = NOTEBOOKS) -> list[Path]:
+    """The numbered notebooks (``NN_name.ipynb``), in order."""
+    return sorted(p for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def parameter_names(path: Path) -> list[str]:
+    """Names assigned in a notebook's ``parameters`` cell (what ``-p`` may set)."""
+    import papermill
+
+    return sorted(papermill.inspect_notebook(str(path)).keys())
+
+
+@dataclass
+class NotebookRun:
+    notebook: str
+    output: Path
+    seconds: float
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def run_notebook(path: Path, output: Path, parameters: dict | None = None, *, cwd: Path | None = None) -> NotebookRun:
+    """Execute one notebook with papermill; the executed copy is written to ``output``."""
+    import papermill
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    error = None
+    try:
+        papermill.execute_notebook(
+            str(path), str(output), parameters=parameters or {}, cwd=str(cwd or path.parent),
+            kernel_name="python3", progress_bar=False, log_output=False,
+        )
+    except Exception as err:  # papermill raises PapermillExecutionError with the cell's traceback
+        error = f"{type(err).__name__}: {err}".strip() or traceback.format_exc()
+    return NotebookRun(path.name, output, time.perf_counter() - start, error)
+
+
+def run_all(parameters: dict | None = None, out_dir: Path = EXECUTED, only: list[str] | None = None) -> list[NotebookRun]:
+    """Run every numbered notebook in order (each sees the cache the previous ones filled)."""
+    runs = []
+    for path in notebook_paths():
+        if only and not any(path.name.startswith(o) for o in only):
+            continue
+        print(f"[figures] running {path.name} ...", flush=True)
+        run = run_notebook(path, out_dir / path.name, parameters)
+        print(f"[figures] {path.name}: {'ok' if run.ok else 'FAILED'} in {run.seconds:.0f} s", flush=True)
+        runs.append(run)
+    return runs
+
+
+def summary(runs: list[NotebookRun]) -> str:
+    lines = [f"{'notebook':40s} {'status':8s} {'seconds':>8s}"]
+    for r in runs:
+        lines.append(f"{r.notebook:40s} {'ok' if r.ok else 'FAILED':8s} {r.seconds:8.0f}")
+    total = sum(r.seconds for r in runs)
+    failed = [r for r in runs if not r.ok]
+    lines.append(f"{len(runs) - len(failed)} ran, {len(failed)} failed, {total:.0f} s in all")
+    for r in failed:
+        lines.append(f"\n--- {r.notebook} (executed copy: {r.output})\n{r.error[-3000:]}")
+    return "\n".join(lines)
+
+
+def write_summary(runs: list[NotebookRun], path: Path) -> None:
+    from mlsae.paths import atomic_write_text
+
+    atomic_write_text(path, json.dumps([{"notebook": r.notebook, "ok": r.ok, "seconds": round(r.seconds, 1),
+                                         "error": r.error} for r in runs], indent=2))

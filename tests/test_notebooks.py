@@ -1,0 +1,66 @@
+"""Every numbered notebook: executed by papermill with the tiny preset, then validated by nbval.
+
+nbval runs in ``--nbval-lax`` mode: only cells marked ``# NBVAL_CHECK_OUTPUT`` (deterministic key
+numbers) are compared with papermill's outputs; ``nbval_sanitize.cfg`` masks timings and paths.
+The notebooks share this session's ``$MLSAE_HOME``, so each SAE is trained once.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mlsae.notebooks import notebook_paths, parameter_names, run_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
+
+# The parameters CI passes to each notebook. A notebook missing here fails test_every_notebook_is_covered.
+CI_PARAMETERS: dict[str, dict] = {
+    "01_language_models": {"preset": "tiny"},
+    "02_train_mlsae": {"preset": "tiny"},
+    "03_layer_variance": {"preset": "tiny"},
+    "04_layer_heatmaps": {"preset": "tiny"},
+    "05_residual_similarity": {"preset": "tiny"},
+}
+
+
+def test_every_notebook_is_covered():
+    on_disk = {p.stem for p in notebook_paths()}
+    assert on_disk, "no numbered notebooks found"
+    assert on_disk == set(CI_PARAMETERS), f"notebooks without CI parameters: {on_disk - set(CI_PARAMETERS)}; " \
+                                          f"stale entries: {set(CI_PARAMETERS) - on_disk}"
+    assert set(ROOT.joinpath("notebooks").glob("*.ipynb")) == set(notebook_paths()), "notebooks must be named NN_name.ipynb"
+
+
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
+def test_notebook_is_thin_parameterised_and_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters' (papermill injects after it)"
+    assert "preset" in parameter_names(path)
+    assert any("NBVAL_CHECK_OUTPUT" in c.source for c in nb.cells if c.cell_type == "code"), "no key-number cell"
+    for c in nb.cells:
+        if c.cell_type == "code":
+            assert not c.get("outputs") and c.get("execution_count") is None, "committed notebooks carry no outputs"
+            assert len(c.source.splitlines()) <= 40, "a cell longer than a screen belongs in src/"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
+def test_notebook_runs_under_papermill_and_passes_nbval(path, tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MLSAE_FIGURES", str(tmp_path_factory.mktemp("figures")))
+    out = tmp_path_factory.mktemp("executed") / path.name
+    run = run_notebook(path, out, CI_PARAMETERS.get(path.stem, {"preset": "tiny"}))
+    assert run.ok, f"papermill failed on {path.name}:\n{run.error}"
+    nbval = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", str(out), "--nbval-sanitize-with", str(SANITIZE),
+         "--nbval-current-env", "-p", "no:cacheprovider", "-q", "--rootdir", str(out.parent)],
+        capture_output=True, text=True, cwd=str(out.parent),
+    )
+    assert nbval.returncode == 0, f"nbval failed on {path.name}:\n{nbval.stdout[-4000:]}\n{nbval.stderr[-2000:]}"
