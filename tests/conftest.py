@@ -57,3 +57,45 @@ def save_tiny_model_dir(path: Path, model=None, tokenizer=None) -> Path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A save_pretrained folder with a random tiny GPT-NeoX and a word-level tokenizer."""
     return save_tiny_model_dir(tmp_path_factory.mktemp("tiny-neox"))
+
+
+# ---- offline corpus + micro zoo (mlsae.text / mlsae.data / mlsae.zoo tests) ------------------
+# Built once per session in a temporary MLSAE_HOME (never the user's cache); tests that need it
+# take ``micro_home``, which points MLSAE_HOME there for the duration of the test.
+
+
+@pytest.fixture(scope="session")
+def micro_text_home(tmp_path_factory) -> Path:
+    """An MLSAE_HOME holding the micro corpus and its tokenizer (built once per session)."""
+    home = tmp_path_factory.mktemp("mlsae-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLSAE_HOME", str(home))
+        from mlsae.zoo import ensure_tokenizer
+
+        ensure_tokenizer("micro")
+    return home
+
+
+@pytest.fixture(scope="session")
+def micro_zoo_home(micro_text_home) -> Path:
+    """``micro_text_home`` plus the micro zoo micro-s/m/l (trained once per session)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLSAE_HOME", str(micro_text_home))
+        from mlsae.zoo import build_zoo
+
+        build_zoo(["micro-s", "micro-m", "micro-l"], progress=False)
+    return micro_text_home
+
+
+@pytest.fixture
+def micro_text(micro_text_home, monkeypatch) -> Path:
+    """``micro_text_home`` with MLSAE_HOME pointing at it for this test."""
+    monkeypatch.setenv("MLSAE_HOME", str(micro_text_home))
+    return micro_text_home
+
+
+@pytest.fixture
+def micro_home(micro_zoo_home, monkeypatch) -> Path:
+    """``micro_zoo_home`` with MLSAE_HOME pointing at it for this test."""
+    monkeypatch.setenv("MLSAE_HOME", str(micro_zoo_home))
+    return micro_zoo_home

@@ -151,6 +151,19 @@ def residual_similarity(geoms: dict[str, ResidualGeometry]) -> Figure:
     return fig
 
 
+def lm_losses(reports: dict[str, dict]) -> Figure:
+    """Held-out next-token loss of each model next to its unigram baseline (nats per token)."""
+    names = [n for n in reports if reports[n].get("heldout_loss") is not None]
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * max(len(names), 1), 3.2), constrained_layout=True)
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, [reports[n]["unigram_loss"] for n in names], 0.4, label="unigram baseline", color="0.7")
+    ax.bar(x + 0.2, [reports[n]["heldout_loss"] for n in names], 0.4, label="model")
+    ax.set_xticks(x, [f"{n}\n{reports[n]['n_layers']}x{reports[n]['d_model']}" for n in names])
+    ax.set_ylabel("held-out loss (nats / token)")
+    ax.legend(fontsize=7)
+    return fig
+
+
 def trend(xs: Sequence, ys: dict[str, Sequence], xlabel: str, ylabel: str, logx: bool = False) -> Figure:
     """A small line plot of one or more series against a model-size or hyper-parameter axis."""
     fig, ax = plt.subplots(figsize=(4.5, 3.2), constrained_layout=True)

@@ -1,0 +1,314 @@
+"""Text in, token batches out: every source is read through Hugging Face ``datasets``.
+
+``load_text`` accepts
+
+* ``"offline"`` / ``"offline:<preset>"`` — the generated corpus of :mod:`mlsae.text`;
+* a local directory holding ``<split>.jsonl`` / ``<split>.json`` / ``<split>.txt`` files
+  (also ``<split>-*.jsonl`` shards);
+* a single local ``.jsonl`` / ``.json`` / ``.txt`` file (used whatever the split);
+* a Hugging Face Hub data set name such as ``"monology/pile-uncopyrighted"`` (optionally
+  ``"name:config"``), which is streamed. Without network it fails within seconds, naming the
+  data set, the cache folders and how to fetch it; a copy already in the ``datasets`` cache
+  is used when the Hub cannot be reached.
+
+``.txt`` files follow the ``datasets`` convention: one document per line (blank lines skipped).
+
+``token_batches`` concatenates documents, each followed by the tokenizer's EOS token (the
+Pythia convention), and cuts the stream into ``[batch, seq_len]`` blocks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+from urllib.parse import urlparse
+
+import torch
+
+__all__ = ["DataUnavailableError", "load_text", "token_batches"]
+
+_EXTS = {".jsonl": "json", ".json": "json", ".txt": "text"}
+# How long we wait to learn whether the Hub (or the proxy in front of it) answers at all.
+HUB_PROBE_TIMEOUT_S = float(os.environ.get("MLSAE_HUB_PROBE_TIMEOUT", "3"))
+
+
+class DataUnavailableError(ConnectionError):
+    """A Hub data set cannot be reached and is not in the local cache."""
+
+
+# ---- load_text -------------------------------------------------------------------------------
+
+
+def load_text(source: str = "offline", split: str = "train", streaming: bool = False, text_field: str = "text"):
+    """A ``datasets.Dataset`` (or ``IterableDataset`` when ``streaming``) with a text column.
+
+    Raises ``ValueError`` for an empty data set or a missing text column, ``FileNotFoundError``
+    for a local path that does not exist or holds no file for ``split``, and
+    :class:`DataUnavailableError` (a ``ConnectionError``) when a Hub data set cannot be reached.
+    """
+    source = str(source)
+    if source == "offline" or source.startswith("offline:"):
+        from mlsae.text import offline_corpus
+
+        preset = source.partition(":")[2] or "default"
+        ds = _load_local_dir(offline_corpus(preset), split, streaming, label=source)
+    elif _looks_local(source):
+        path = Path(source).expanduser()
+        if path.is_dir():
+            ds = _load_local_dir(path, split, streaming, label=source)
+        elif path.is_file():
+            ds = _load_local_files([path], streaming, label=source)
+        else:
+            raise FileNotFoundError(f"no such file or directory: {source!r}")
+    else:
+        ds = _load_hub(source, split, streaming)
+    return _check(ds, source, split, text_field)
+
+
+def _looks_local(source: str) -> bool:
+    if os.path.exists(os.path.expanduser(source)):
+        return True
+    return (source.startswith((".", "/", "~")) or os.sep in source.rstrip("/").replace("/", "", 1)
+            or Path(source).suffix in _EXTS)
+
+
+def _split_files(root: Path, split: str) -> list[Path]:
+    files: list[Path] = []
+    for pattern in (f"{split}.*", f"{split}-*", f"{split}_*"):
+        files += [p for p in sorted(root.glob(pattern)) if p.is_file() and p.suffix in _EXTS and p not in files]
+    return files
+
+
+def _load_local_dir(root: Path, split: str, streaming: bool, label: str):
+    files = _split_files(root, split)
+    if not files:
+        present = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+        raise FileNotFoundError(
+            f"{label!r}: no {split!r} file in {root} (looked for {split}.jsonl, {split}.json, {split}.txt "
+            f"and {split}-*.jsonl shards; found: {', '.join(present) or 'nothing'})"
+        )
+    return _load_local_files(files, streaming, label)
+
+
+def _has_text(path: Path) -> bool:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return True
+    return False
+
+
+def _load_local_files(files: list[Path], streaming: bool, label: str):
+    import datasets
+
+    builders = {_EXTS.get(p.suffix) for p in files}
+    if None in builders:
+        raise ValueError(f"{label!r}: unsupported file type; use .jsonl, .json or .txt ({[str(p) for p in files]})")
+    if len(builders) > 1:
+        raise ValueError(f"{label!r}: mixed .txt and .jsonl files for one split: {[p.name for p in files]}")
+    if not any(_has_text(p) for p in files):
+        raise ValueError(f"data set {label!r} is empty: {', '.join(str(p) for p in files)} hold no text")
+    files = [p for p in files if _has_text(p)]  # datasets' json reader chokes on empty files
+    try:
+        return datasets.load_dataset(builders.pop(), data_files={"train": [str(p) for p in files]},
+                                     split="train", streaming=streaming)
+    except StopIteration as e:  # what datasets raises for a file with no records
+        raise ValueError(f"data set {label!r} is empty") from e
+
+
+def _check(ds, source: str, split: str, text_field: str):
+    import datasets
+
+    columns = ds.column_names
+    if columns is not None and text_field not in columns:
+        raise ValueError(f"data set {source!r} ({split}) has no column {text_field!r}; columns: {columns}")
+    if isinstance(ds, datasets.Dataset):
+        if len(ds) == 0:
+            raise ValueError(f"data set {source!r} ({split}) is empty")
+        return ds
+    # Streaming: peek at the first rows (cheap) for a missing column or a data set of blank texts.
+    rows = 0
+    for row in ds.take(1000):
+        rows += 1
+        if text_field not in row:
+            raise ValueError(f"data set {source!r} ({split}) has no column {text_field!r}; columns: {sorted(row)}")
+        if isinstance(row[text_field], str) and row[text_field].strip():
+            return ds
+    if rows < 1000:
+        raise ValueError(f"data set {source!r} ({split}) is empty (no non-blank {text_field!r})")
+    return ds
+
+
+# ---- the Hub ---------------------------------------------------------------------------------
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_offline_requested() -> bool:
+    return any(_env_true(v) for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _probe_target() -> tuple[str, int]:
+    """(host, port) that has to answer for the Hub to be reachable: the proxy if one is set."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        if os.environ.get(var):
+            u = urlparse(os.environ[var] if "//" in os.environ[var] else "http://" + os.environ[var])
+            return u.hostname or "", u.port or 8080
+    u = urlparse(endpoint)
+    return u.hostname or "huggingface.co", u.port or (443 if u.scheme == "https" else 80)
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the Hub (or its proxy) opens within ``timeout`` seconds.
+
+    Runs in a daemon thread so that a hanging DNS lookup cannot block the caller either."""
+    host, port = _probe_target()
+    ok: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(ok and ok[0])
+
+
+@contextmanager
+def _offline_mode():
+    """Make ``datasets``/``huggingface_hub`` behave as with ``HF_HUB_OFFLINE=1`` (cache only)."""
+    import datasets.config
+    import huggingface_hub.constants as hc
+
+    saved = datasets.config.HF_HUB_OFFLINE, hc.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hc.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hc.HF_HUB_OFFLINE = saved
+
+
+def _unavailable(name: str, config: str | None, split: str, why: str) -> DataUnavailableError:
+    import datasets.config
+
+    hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface (HF_HOME not set)")
+    arg = f"{name!r}" + (f", {config!r}" if config else "")
+    return DataUnavailableError(
+        f"cannot load the Hugging Face data set {name!r} (split {split!r}): {why}, and it is not in the "
+        f"local datasets cache (HF_HOME={hf_home}, HF_DATASETS_CACHE={datasets.config.HF_DATASETS_CACHE}). "
+        f"Streaming needs network. To use it offline, on a machine with network either run\n"
+        f"    python -c \"import datasets; datasets.load_dataset({arg}, split={split!r})\"\n"
+        f"and copy the datasets cache to this machine (set HF_DATASETS_CACHE to it and run with "
+        f"HF_HUB_OFFLINE=1), or fetch some of its files with\n"
+        f"    hf download {name} --repo-type dataset --include '<pattern>' --local-dir <dir>\n"
+        f"and pass a folder of <split>.jsonl/.txt files as the source. "
+        f"Or use the offline default: source='offline'."
+    )
+
+
+def _load_hub(source: str, split: str, streaming: bool):
+    import datasets
+
+    name, _, config = source.partition(":")
+    config = config or None
+    offline = _hub_offline_requested()
+    why = "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set"
+    if not offline and not hub_reachable():
+        offline, why = True, f"the Hub ({':'.join(map(str, _probe_target()))}) is unreachable"
+    if offline:
+        try:
+            with _offline_mode():
+                ds = datasets.load_dataset(name, config, split=split)
+        except Exception as e:  # noqa: BLE001 - any failure here means: not usable offline
+            raise _unavailable(name, config, split, why) from e
+        return ds.to_iterable_dataset() if streaming else ds
+    try:
+        # Hub data sets are always streamed: nothing is downloaded up front.
+        return datasets.load_dataset(name, config, split=split, streaming=True)
+    except ConnectionError as e:
+        raise _unavailable(name, config, split, f"the Hub did not answer ({e})") from e
+
+
+# ---- token batches ---------------------------------------------------------------------------
+
+
+def _texts(dataset, text_field: str) -> Iterator[str]:
+    for row in dataset:
+        text = row[text_field]
+        if text:
+            yield text
+
+
+def _chunks(it: Iterable[str], n: int) -> Iterator[list[str]]:
+    buf: list[str] = []
+    for x in it:
+        buf.append(x)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def token_batches(dataset, tokenizer, seq_len: int, batch_size: int, max_tokens: int | None = None,
+                  text_field: str = "text") -> Iterator[torch.LongTensor]:
+    """Yield ``[batch_size, seq_len]`` LongTensors of packed token ids.
+
+    Documents are tokenized without special tokens, each is followed by the EOS token, and the
+    concatenation is cut into consecutive ``seq_len`` blocks (a block may start mid-document),
+    ``batch_size`` blocks per batch. Every batch is full: the tail that does not fill one is
+    dropped. With ``max_tokens``, iteration stops once ``ceil(max_tokens / (batch_size *
+    seq_len))`` batches have been yielded. Streaming data sets are read lazily.
+    Raises ``ValueError`` if the data set does not fill a single batch.
+    """
+    if seq_len <= 0 or batch_size <= 0:
+        raise ValueError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
+    if max_tokens is not None and max_tokens <= 0:
+        raise ValueError(f"max_tokens must be positive or None, got {max_tokens}")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(f"the tokenizer {type(tokenizer).__name__} has no EOS token to separate documents")
+    per_batch = batch_size * seq_len
+    n_batches = math.inf if max_tokens is None else math.ceil(max_tokens / per_batch)
+    return _token_batches(dataset, tokenizer, eos, seq_len, batch_size, per_batch, n_batches, text_field)
+
+
+def _token_batches(dataset, tokenizer, eos, seq_len, batch_size, per_batch, n_batches, text_field):
+    buf: list[int] = []
+    start = 0
+    done = 0
+    seen = 0
+    if done >= n_batches:
+        return
+    for docs in _chunks(_texts(dataset, text_field), 64):
+        for ids in tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]:
+            buf.extend(ids)
+            buf.append(eos)
+        seen += len(docs)
+        while len(buf) - start >= per_batch:
+            block = buf[start : start + per_batch]
+            start += per_batch
+            yield torch.tensor(block, dtype=torch.long).view(batch_size, seq_len)
+            done += 1
+            if done >= n_batches:
+                return
+        if start:
+            del buf[:start]
+            start = 0
+    if done == 0:
+        raise ValueError(
+            f"the data set is too small: {seen} documents gave {len(buf)} tokens, fewer than one batch "
+            f"({batch_size} x {seq_len} = {per_batch} tokens)" if seen else "the data set is empty (no text)"
+        )

@@ -1,0 +1,405 @@
+"""The offline model zoo: small Pythia-architecture (GPT-NeoX) language models trained here.
+
+Without network the paper's Pythia models are out of reach, so the project trains its own on
+the generated corpus of :mod:`mlsae.text`:
+
+* a byte-level BPE tokenizer (``tokenizers``; ``<|endoftext|>`` is BOS, EOS, UNK and PAD, as in
+  Pythia), one per corpus preset;
+* ``zoo-s`` / ``zoo-m`` / ``zoo-l``: 2 / 4 / 6 layers, d_model 64 / 128 / 192, trained on the
+  ``default`` corpus (the offline default for every notebook);
+* ``micro-s`` / ``micro-m`` / ``micro-l``: 2 / 3 / 4 layers, d_model 32 / 48 / 64, trained for a
+  few seconds on the ``micro`` corpus, for tests and CI.
+
+``ensure_zoo_model(name)`` returns a folder with the ``save_pretrained`` model (safetensors),
+the tokenizer and ``zoo_report.json``, training the model on first use (under
+``mlsae_home()/zoo/<name>``, built under a temporary name and renamed into place). A folder
+written for another spec or generator version is rebuilt.
+
+Training is deterministic on CPU: ``torch.manual_seed(spec.seed)``, AdamW, linear warm-up then
+cosine decay, packed ``seq_len`` blocks from :func:`mlsae.data.token_batches` in file order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from mlsae.paths import atomic_dir, atomic_write_text, mlsae_home
+from mlsae.text import IOI_PROMPT, TEXT_VERSION, _lock, _relax_permissions, offline_corpus
+
+__all__ = [
+    "EOS",
+    "ZOO",
+    "ZooSpec",
+    "build_zoo",
+    "ensure_tokenizer",
+    "ensure_zoo_model",
+    "evaluate_lm",
+    "ioi_prompts",
+    "train_zoo_model",
+]
+
+EOS = "<|endoftext|>"
+# Bump when the training code changes in a way that changes the weights.
+ZOO_VERSION = 1
+TOKENIZER_VOCAB = {"default": 1024, "micro": 1024}
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """Architecture, data and training budget of one zoo model."""
+
+    name: str
+    corpus: str  # mlsae.text preset
+    n_layers: int
+    d_model: int
+    n_heads: int
+    train_tokens: int
+    seq_len: int = 128
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    min_lr_frac: float = 0.1
+    weight_decay: float = 0.01
+    eval_tokens: int = 65_536
+    seed: int = 0
+
+    @property
+    def d_mlp(self) -> int:
+        return 4 * self.d_model
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.train_tokens // (self.batch_size * self.seq_len))
+
+    def config(self, tokenizer):
+        from transformers import GPTNeoXConfig
+
+        eos = tokenizer.eos_token_id
+        return GPTNeoXConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=self.d_model,
+            num_hidden_layers=self.n_layers,
+            num_attention_heads=self.n_heads,
+            intermediate_size=self.d_mlp,
+            hidden_act="gelu",
+            rotary_pct=0.25,  # as Pythia
+            rotary_emb_base=10_000,
+            max_position_embeddings=2048,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
+            attention_dropout=0.0,
+            hidden_dropout=0.0,
+            initializer_range=0.02,
+            bos_token_id=eos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+
+    def digest(self) -> str:
+        """Hash of everything that determines the weights (spec, generator and code versions)."""
+        d = dict(asdict(self), text_version=TEXT_VERSION, zoo_version=ZOO_VERSION,
+                 vocab=TOKENIZER_VOCAB[self.corpus])
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Token budgets fit the whole default zoo in well under 15 minutes on 2 CPU cores.
+ZOO: dict[str, ZooSpec] = {
+    s.name: s
+    for s in (
+        ZooSpec("zoo-s", "default", n_layers=2, d_model=64, n_heads=4, train_tokens=2_000_000, lr=3e-3),
+        ZooSpec("zoo-m", "default", n_layers=4, d_model=128, n_heads=4, train_tokens=2_000_000, lr=3e-3),
+        ZooSpec("zoo-l", "default", n_layers=6, d_model=192, n_heads=6, train_tokens=2_500_000, lr=2.5e-3),
+        ZooSpec("micro-s", "micro", n_layers=2, d_model=32, n_heads=2, train_tokens=80_000, seq_len=64,
+                batch_size=16, lr=5e-3, warmup_steps=8, eval_tokens=8_192),
+        ZooSpec("micro-m", "micro", n_layers=3, d_model=48, n_heads=3, train_tokens=80_000, seq_len=64,
+                batch_size=16, lr=5e-3, warmup_steps=8, eval_tokens=8_192),
+        ZooSpec("micro-l", "micro", n_layers=4, d_model=64, n_heads=4, train_tokens=80_000, seq_len=64,
+                batch_size=16, lr=4e-3, warmup_steps=8, eval_tokens=8_192),
+    )
+}
+DEFAULT_ZOO = ("zoo-s", "zoo-m", "zoo-l")
+
+
+def _spec(name: str) -> ZooSpec:
+    if name not in ZOO:
+        raise ValueError(f"unknown zoo model {name!r}; valid names: {', '.join(ZOO)}")
+    return ZOO[name]
+
+
+# ---- tokenizer -------------------------------------------------------------------------------
+
+
+def train_tokenizer(corpus_dir: Path, vocab_size: int):
+    """Byte-level BPE (GPT-2/Pythia style: a leading space belongs to the word, so " Mary" is one
+    token) trained on ``train.jsonl``, wrapped as a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    def texts() -> Iterator[str]:
+        with open(Path(corpus_dir) / "train.jsonl", encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)["text"]
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)
+
+
+def _tokenizer_ok(path: Path, meta: dict) -> bool:
+    try:
+        return json.loads((path / "zoo_tokenizer.json").read_text()) == meta and (path / "tokenizer.json").is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_tokenizer(preset: str = "default") -> Path:
+    """Folder with the zoo tokenizer of a corpus preset, trained on first use."""
+    if preset not in TOKENIZER_VOCAB:
+        raise ValueError(f"unknown corpus preset {preset!r}; valid presets: {', '.join(TOKENIZER_VOCAB)}")
+    path = mlsae_home() / "zoo" / f"tokenizer-{preset}"
+    meta = dict(preset=preset, vocab_size=TOKENIZER_VOCAB[preset], text_version=TEXT_VERSION, zoo_version=ZOO_VERSION)
+    if _tokenizer_ok(path, meta):
+        return path
+    corpus = offline_corpus(preset)
+    with _lock(path):
+        if not _tokenizer_ok(path, meta):
+            tok = train_tokenizer(corpus, TOKENIZER_VOCAB[preset])
+            with atomic_dir(path) as tmp:
+                tok.save_pretrained(tmp)
+                (tmp / "zoo_tokenizer.json").write_text(json.dumps(meta))
+                _relax_permissions(tmp)
+    return path
+
+
+# ---- training --------------------------------------------------------------------------------
+
+
+def _lr_at(step: int, spec: ZooSpec) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_frac * lr`` at the last step."""
+    if step < spec.warmup_steps:
+        return spec.lr * (step + 1) / spec.warmup_steps
+    t = (step - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps)
+    return spec.lr * (spec.min_lr_frac + (1 - spec.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _train_batches(spec: ZooSpec, tokenizer) -> Iterator[torch.Tensor]:
+    """``spec.steps`` batches of the train split, starting a new epoch if the corpus runs out."""
+    from mlsae.data import load_text, token_batches
+
+    left = spec.steps
+    while left > 0:
+        before = left
+        ds = load_text(f"offline:{spec.corpus}", split="train", streaming=True)
+        for batch in token_batches(ds, tokenizer, spec.seq_len, spec.batch_size,
+                                   max_tokens=left * spec.batch_size * spec.seq_len):
+            yield batch
+            left -= 1
+        if left == before:  # pragma: no cover - token_batches raises first
+            raise RuntimeError("the training corpus yields no batches")
+
+
+def _optimizer(model, spec: ZooSpec) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [dict(params=decay, weight_decay=spec.weight_decay), dict(params=no_decay, weight_decay=0.0)],
+        lr=spec.lr, betas=(0.9, 0.95), eps=1e-8,
+    )
+
+
+@torch.no_grad()
+def evaluate_lm(model, tokenizer, batches, unigram_counts: torch.Tensor) -> dict:
+    """Held-out next-token loss (nats/token, every target position of every block, EOS
+    included) and the add-one-smoothed train-unigram cross-entropy on the same targets."""
+    model.eval()
+    logp_uni = torch.log((unigram_counts.double() + 1) / (unigram_counts.sum().double() + unigram_counts.numel()))
+    total, uni, n = 0.0, 0.0, 0
+    for x in batches:
+        logits = model(input_ids=x).logits.float()
+        targets = x[:, 1:]
+        lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        total += -lp.double().sum().item()
+        uni += -logp_uni[targets].sum().item()
+        n += targets.numel()
+    return dict(heldout_loss=total / n, unigram_loss=uni / n, eval_tokens=n)
+
+
+def ioi_prompts(n: int = 200, seed: int = 12345) -> list[tuple[str, str, str]]:
+    """``(prompt, indirect object, subject)`` triples in the paper's template, with random
+    names (both orders), places and objects."""
+    import random
+
+    from mlsae.text import NAMES, OBJECTS, PLACES
+
+    rng = random.Random(f"ioi-eval:{seed}")
+    out = []
+    for _ in range(n):
+        x, y = rng.sample(NAMES, 2)
+        s, io = (y, x) if rng.random() < 0.5 else (x, y)
+        obj = rng.choice(OBJECTS)
+        art = "an" if obj[0] in "aeiou" else "a"
+        out.append((f"When {x} and {y} went to the {rng.choice(PLACES)}, {s} gave {art} {obj} to", io, s))
+    return out
+
+
+@torch.no_grad()
+def ioi_report(model, tokenizer, n_prompts: int = 200) -> dict:
+    """Top-5 next tokens for ``IOI_PROMPT`` and, over random prompts of its template, the top-1
+    accuracy and mean logit difference between the indirect object and the subject."""
+    model.eval()
+    ids = tokenizer(IOI_PROMPT, return_tensors="pt").input_ids
+    probs = torch.softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+    top = torch.topk(probs, 5)
+    top5 = [[tokenizer.decode([int(i)]), round(float(p), 4)] for p, i in zip(top.values, top.indices)]
+    hits, diffs = 0, []
+    for prompt, io, s in ioi_prompts(n_prompts):
+        x = tokenizer(prompt, return_tensors="pt").input_ids
+        logits = model(input_ids=x).logits[0, -1]
+        io_id, s_id = (tokenizer(" " + w, add_special_tokens=False).input_ids[0] for w in (io, s))
+        hits += int(logits.argmax()) == io_id
+        diffs.append(float(logits[io_id] - logits[s_id]))
+    return dict(ioi_prompt=IOI_PROMPT, ioi_top5=top5, ioi_top1_is_mary=top5[0][0] == " Mary",
+                ioi_template_accuracy=hits / n_prompts, ioi_template_logit_diff=sum(diffs) / len(diffs),
+                ioi_template_prompts=n_prompts)
+
+
+def train_zoo_model(spec: ZooSpec | str, out_dir: Path, progress: bool = True) -> dict:
+    """Train ``spec`` from scratch and ``save_pretrained`` model + tokenizer + ``zoo_report.json``
+    into ``out_dir`` (which should be a fresh, temporary folder). Returns the report."""
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer, GPTNeoXForCausalLM
+
+    from mlsae.data import load_text, token_batches
+
+    spec = _spec(spec) if isinstance(spec, str) else spec
+    out_dir = Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(ensure_tokenizer(spec.corpus))
+
+    torch.manual_seed(spec.seed)
+    model = GPTNeoXForCausalLM(spec.config(tokenizer))
+    model.train()
+    opt = _optimizer(model, spec)
+    counts = torch.zeros(len(tokenizer), dtype=torch.long)
+    tokens, losses = 0, []
+    started = time.perf_counter()
+    bar = tqdm(total=spec.steps, desc=f"train {spec.name}", disable=not progress, leave=False)
+    for step, x in enumerate(_train_batches(spec, tokenizer)):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, spec)
+        loss = model(input_ids=x, labels=x).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{spec.name}: non-finite training loss at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        counts += torch.bincount(x.flatten(), minlength=len(tokenizer))
+        tokens += x.numel()
+        losses.append(loss.item())
+        bar.update()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    train_s = time.perf_counter() - started
+
+    model.eval()
+    test = token_batches(load_text(f"offline:{spec.corpus}", split="test", streaming=True), tokenizer,
+                         spec.seq_len, spec.batch_size, max_tokens=spec.eval_tokens)
+    report = dict(
+        name=spec.name,
+        architecture="GPTNeoXForCausalLM (Pythia architecture: parallel residual, rotary 25%, untied)",
+        n_params=sum(p.numel() for p in model.parameters()),
+        n_layers=spec.n_layers,
+        d_model=spec.d_model,
+        n_heads=spec.n_heads,
+        vocab_size=len(tokenizer),
+        corpus=spec.corpus,
+        seq_len=spec.seq_len,
+        batch_size=spec.batch_size,
+        steps=spec.steps,
+        train_tokens=tokens,
+        train_time_s=round(train_s, 2),
+        torch_threads=torch.get_num_threads(),
+        final_train_loss=sum(losses[-20:]) / len(losses[-20:]),
+        **evaluate_lm(model, tokenizer, test, counts),
+        **ioi_report(model, tokenizer),
+        spec=asdict(spec),
+        spec_digest=spec.digest(),
+    )
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    atomic_write_text(out_dir / "zoo_report.json", json.dumps(report, indent=2))
+    return report
+
+
+def _model_ok(path: Path, spec: ZooSpec) -> bool:
+    try:
+        report = json.loads((path / "zoo_report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (report.get("spec_digest") == spec.digest() and (path / "config.json").is_file()
+            and (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file())
+
+
+def ensure_zoo_model(name: str, progress: bool = True) -> Path:
+    """Folder with zoo model ``name`` (``save_pretrained`` weights, tokenizer, ``zoo_report.json``),
+    trained on first use into ``mlsae_home()/zoo/<name>``. Loadable with
+    ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained``."""
+    spec = _spec(name)
+    final = mlsae_home() / "zoo" / name
+    if _model_ok(final, spec):
+        return final
+    ensure_tokenizer(spec.corpus)
+    with _lock(final):  # a second process waits here, then finds the finished model
+        if not _model_ok(final, spec):
+            with atomic_dir(final) as tmp:
+                train_zoo_model(spec, tmp, progress=progress)
+                _relax_permissions(tmp)
+    return final
+
+
+def zoo_report(name: str) -> dict:
+    """The ``zoo_report.json`` of a zoo model (building it if needed)."""
+    return json.loads((ensure_zoo_model(name) / "zoo_report.json").read_text())
+
+
+def build_zoo(names=None, progress: bool = True) -> dict[str, dict]:
+    """Build (or reuse) the zoo models ``names`` (default: zoo-s, zoo-m, zoo-l); their reports."""
+    names = list(DEFAULT_ZOO if names is None else [names] if isinstance(names, str) else names)
+    for n in names:
+        _spec(n)
+    return {n: json.loads((ensure_zoo_model(n, progress=progress) / "zoo_report.json").read_text()) for n in names}
+
+
+REPORT_FIELDS = ("n_layers", "d_model", "n_params", "train_tokens", "train_time_s", "heldout_loss", "unigram_loss",
+                 "ioi_top5", "ioi_template_accuracy")
+
+
+def language_model_report(name: str, device: str = "cpu") -> dict:
+    """The same summary for any registry model: the zoo's stored report, or, for other models,
+    their shape and IOI behaviour (held-out and unigram losses need their training text, so they
+    are ``None`` there)."""
+    from mlsae.models import load_model, resolve_model
+
+    if resolve_model(name).kind == "zoo":
+        report = zoo_report(name)
+        return {k: report.get(k) for k in REPORT_FIELDS}
+    model, tokenizer = load_model(name, device=device)
+    ioi = ioi_report(model.cpu() if device == "cpu" else model, tokenizer)
+    return {"n_layers": model.config.num_hidden_layers, "d_model": model.config.hidden_size,
+            "n_params": sum(p.numel() for p in model.parameters()), "train_tokens": None, "train_time_s": None,
+            "heldout_loss": None, "unigram_loss": None, "ioi_top5": ioi["ioi_top5"],
+            "ioi_template_accuracy": ioi["ioi_template_accuracy"]}

@@ -1,0 +1,145 @@
+"""mlsae.zoo: the offline model zoo (micro models only; the default zoo is too slow for tests)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+import torch
+
+from mlsae.text import IOI_PROMPT
+from mlsae.zoo import (
+    DEFAULT_ZOO, ZOO, build_zoo, ensure_tokenizer, ensure_zoo_model, evaluate_lm, train_zoo_model,
+)
+
+MICRO = ("micro-s", "micro-m", "micro-l")
+
+
+def test_zoo_specs_grow_in_depth_and_width():
+    for names in (DEFAULT_ZOO, MICRO):
+        specs = [ZOO[n] for n in names]
+        assert [s.n_layers for s in specs] == sorted({s.n_layers for s in specs})  # strictly increasing
+        assert [s.d_model for s in specs] == sorted({s.d_model for s in specs})
+        assert all(s.d_model % s.n_heads == 0 for s in specs)
+    assert {s.corpus for s in ZOO.values()} == {"default", "micro"}
+    assert all(ZOO[n].corpus == "default" for n in DEFAULT_ZOO) and all(ZOO[n].corpus == "micro" for n in MICRO)
+
+
+def test_unknown_names_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLSAE_HOME", str(tmp_path))
+    with pytest.raises(ValueError, match=r"'zoo-xl'.*zoo-s.*micro-l"):
+        ensure_zoo_model("zoo-xl")
+    with pytest.raises(ValueError, match="nope"):
+        build_zoo(["micro-s", "nope"])
+    with pytest.raises(ValueError, match="nope"):
+        ensure_tokenizer("nope")
+    assert not (tmp_path / "zoo" / "micro-s").exists()  # validated before building anything
+
+
+def test_tokenizer_is_pythia_like_and_deterministic(micro_text):
+    from transformers import AutoTokenizer
+
+    from mlsae.text import offline_corpus
+    from mlsae.zoo import TOKENIZER_VOCAB, train_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(ensure_tokenizer("micro"))
+    assert tok.eos_token == tok.bos_token == tok.unk_token == tok.pad_token == "<|endoftext|>"
+    for word in (" Mary", " John", " store", " drink"):
+        assert len(tok(word, add_special_tokens=False).input_ids) == 1, word
+    ids = tok(IOI_PROMPT).input_ids
+    assert tok.eos_token_id not in ids  # no BOS/EOS added automatically (as Pythia)
+    assert tok.decode(ids) == IOI_PROMPT
+    again = train_tokenizer(offline_corpus("micro"), TOKENIZER_VOCAB["micro"])
+    assert again.backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
+
+
+@pytest.mark.slow
+def test_micro_zoo_trains_reloads_and_beats_unigram(micro_home):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXForCausalLM
+
+    from mlsae.data import load_text, token_batches
+
+    reports = build_zoo(list(MICRO), progress=False)  # built by the fixture: must be reused
+    for name in MICRO:
+        path = ensure_zoo_model(name)
+        assert path == micro_home / "zoo" / name
+        assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+        spec, report = ZOO[name], reports[name]
+        assert json.loads((path / "zoo_report.json").read_text()) == report
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
+        assert isinstance(model, GPTNeoXForCausalLM)
+        cfg = model.config
+        assert (cfg.num_hidden_layers, cfg.hidden_size) == (spec.n_layers, spec.d_model) == (report["n_layers"], report["d_model"])
+        assert cfg.use_parallel_residual and not cfg.tie_word_embeddings and cfg.rope_parameters["partial_rotary_factor"] == 0.25
+        assert report["n_params"] == sum(p.numel() for p in model.parameters())
+        assert report["train_tokens"] == spec.steps * spec.batch_size * spec.seq_len
+        assert report["heldout_loss"] < 0.8 * report["unigram_loss"], report
+        assert len(report["ioi_top5"]) == 5 and report["ioi_prompt"] == IOI_PROMPT
+        assert all(0 <= p <= 1 for _, p in report["ioi_top5"])
+        assert report["train_time_s"] > 0
+    # The reloaded smallest model reproduces its held-out loss.
+    path = ensure_zoo_model("micro-s")
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    spec = ZOO["micro-s"]
+    test = token_batches(load_text("offline:micro", split="test"), tok, spec.seq_len, spec.batch_size,
+                         max_tokens=spec.eval_tokens)
+    counts = torch.zeros(len(tok), dtype=torch.long)
+    again = evaluate_lm(model, tok, test, counts)
+    assert again["heldout_loss"] == pytest.approx(reports["micro-s"]["heldout_loss"], rel=1e-4)
+    # Deeper micro models fit better.
+    assert reports["micro-l"]["heldout_loss"] < reports["micro-s"]["heldout_loss"]
+
+
+def test_cached_model_is_reused(micro_home):
+    path = micro_home / "zoo" / "micro-m"
+    before = (path / "model.safetensors").stat().st_mtime_ns
+    t = time.perf_counter()
+    assert ensure_zoo_model("micro-m") == path
+    assert time.perf_counter() - t < 2
+    assert (path / "model.safetensors").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights(micro_home, tmp_path):
+    from safetensors.torch import load_file
+
+    a = train_zoo_model("micro-s", tmp_path / "a", progress=False)
+    b = train_zoo_model("micro-s", tmp_path / "b", progress=False)
+    wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["heldout_loss"] == b["heldout_loss"]
+    # ... and the zoo's own copy (trained by the fixture in the same way) is identical too.
+    wz = load_file(micro_home / "zoo" / "micro-s" / "model.safetensors")
+    assert all(torch.equal(wa[k], wz[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_crash_leaves_nothing_and_broken_folders_are_rebuilt(micro_zoo_home, tmp_path, monkeypatch):
+    import mlsae.zoo as zoo
+
+    home = tmp_path / "home"
+    shutil.copytree(micro_zoo_home, home)
+    monkeypatch.setenv("MLSAE_HOME", str(home))
+    shutil.rmtree(home / "zoo" / "micro-s")
+
+    def crash(spec, out_dir, progress=True):
+        (out_dir / "config.json").write_text("{}")  # half-written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo, "train_zoo_model", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_zoo_model("micro-s")
+    left = {p.name for p in (home / "zoo").iterdir()}
+    assert "micro-s" not in left and not [n for n in left if n.startswith(".micro-s")], left
+    monkeypatch.undo()
+    monkeypatch.setenv("MLSAE_HOME", str(home))
+
+    # A folder without its report (e.g. from an older layout) is not trusted: it is rebuilt.
+    (home / "zoo" / "micro-s").mkdir()
+    (home / "zoo" / "micro-s" / "config.json").write_text("{}")
+    path = ensure_zoo_model("micro-s", progress=False)
+    assert json.loads((path / "zoo_report.json").read_text())["spec_digest"] == ZOO["micro-s"].digest()
+    assert not [p for p in (home / "zoo").iterdir() if p.name.startswith(".micro-s")]
