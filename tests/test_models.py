@@ -11,6 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from mlsae import hub
 import torch
 from conftest import make_tiny_neox, make_tiny_tokenizer, save_tiny_model_dir
 
@@ -221,7 +223,7 @@ def test_hanging_network_is_cut_off_by_the_probe_timeout(empty_hf_cache, monkeyp
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(models, "PROBE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(hub, "PROBE_TIMEOUT_S", 1.0)
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: time.sleep(30))  # a black-holed connection
     t0 = time.perf_counter()
     with pytest.raises(ModelNotAvailableError, match="cannot be reached") as e:

@@ -21,20 +21,18 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
-from urllib.parse import urlparse
 
 import torch
+
+from mlsae import hub
 
 __all__ = ["DataUnavailableError", "load_text", "token_batches"]
 
 _EXTS = {".jsonl": "json", ".json": "json", ".txt": "text"}
 # How long we wait to learn whether the Hub (or the proxy in front of it) answers at all.
-HUB_PROBE_TIMEOUT_S = float(os.environ.get("MLSAE_HUB_PROBE_TIMEOUT", "3"))
 
 
 class DataUnavailableError(ConnectionError):
@@ -147,45 +145,6 @@ def _check(ds, source: str, split: str, text_field: str):
 # ---- the Hub ---------------------------------------------------------------------------------
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _hub_offline_requested() -> bool:
-    return any(_env_true(v) for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def _probe_target() -> tuple[str, int]:
-    """(host, port) that has to answer for the Hub to be reachable: the proxy if one is set."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        if os.environ.get(var):
-            u = urlparse(os.environ[var] if "//" in os.environ[var] else "http://" + os.environ[var])
-            return u.hostname or "", u.port or 8080
-    u = urlparse(endpoint)
-    return u.hostname or "huggingface.co", u.port or (443 if u.scheme == "https" else 80)
-
-
-def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to the Hub (or its proxy) opens within ``timeout`` seconds.
-
-    Runs in a daemon thread so that a hanging DNS lookup cannot block the caller either."""
-    host, port = _probe_target()
-    ok: list[bool] = []
-
-    def probe():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            ok.append(False)
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)
-    return bool(ok and ok[0])
-
-
 @contextmanager
 def _offline_mode():
     """Make ``datasets``/``huggingface_hub`` behave as with ``HF_HUB_OFFLINE=1`` (cache only)."""
@@ -223,10 +182,14 @@ def _load_hub(source: str, split: str, streaming: bool):
 
     name, _, config = source.partition(":")
     config = config or None
-    offline = _hub_offline_requested()
+    offline = hub.offline_requested()
     why = "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set"
-    if not offline and not hub_reachable():
-        offline, why = True, f"the Hub ({':'.join(map(str, _probe_target()))}) is unreachable"
+    if not offline:
+        status, detail = hub.probe(f"datasets/{name}")
+        if status == "missing":
+            raise _unavailable(name, config, split, f"the Hub has no data set of that name ({detail})")
+        if status != "ok":
+            offline, why = True, f"the Hub is unreachable ({detail})"
     if offline:
         try:
             with _offline_mode():

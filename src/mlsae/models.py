@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from mlsae import hub
 
 __all__ = [
     "ModelNotAvailableError",
@@ -43,10 +42,6 @@ __all__ = [
     "model_shape",
     "resolve_model",
 ]
-
-# Seconds the reachability probe may take before the hub counts as unreachable.
-PROBE_TIMEOUT_S = 4.0
-
 
 class ModelNotAvailableError(RuntimeError):
     """A model that is neither on this machine nor downloadable right now."""
@@ -208,11 +203,7 @@ def model_shape(name: str) -> tuple[int, int] | None:
 # ---- the Hugging Face cache -----------------------------------------------------------------
 
 
-def hf_cache_dir() -> str:
-    """The hub cache folder ``transformers`` actually uses in this process."""
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
+hf_cache_dir = hub.cache_dir
 
 
 def _cached_snapshot(src: ModelSource) -> Path | None:
@@ -241,13 +232,6 @@ def is_available(name: str) -> bool:
     return _cached_snapshot(src) is not None
 
 
-def _offline_env() -> bool:
-    from huggingface_hub import constants
-
-    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
-    return bool(constants.HF_HUB_OFFLINE) or any(str(v).strip().lower() in ("1", "true", "yes", "on") for v in flags if v)
-
-
 def _fetch_hint(src: ModelSource, reason: str) -> str:
     rid = src.repo_id_or_path
     cache = hf_cache_dir()
@@ -265,39 +249,6 @@ def _fetch_hint(src: ModelSource, reason: str) -> str:
         f"  Alternatively save the model with save_pretrained and pass the folder's path as the model name,\n"
         f"  or use an offline zoo model ({', '.join(ZOO_NAMES)})."
     )
-
-
-def _probe_hub(repo_id: str, timeout: float | None = None) -> tuple[str, str]:
-    """Ask the hub whether ``repo_id`` exists, never taking longer than ``timeout`` seconds.
-
-    Returns ("ok" | "missing" | "unreachable", detail). The request runs in a daemon thread so that
-    a hanging DNS lookup or proxy cannot block the caller beyond the timeout.
-    """
-    from huggingface_hub import constants
-
-    timeout = PROBE_TIMEOUT_S if timeout is None else timeout
-    url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{repo_id}"
-    result: list[tuple[str, str]] = []
-
-    def run():
-        try:
-            req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "mlsae-probe"})
-            with urllib.request.urlopen(req, timeout=timeout):
-                result.append(("ok", url))
-        except urllib.error.HTTPError as e:  # the server answered
-            if e.code in (401, 403):  # gated or private: a token may still get it
-                result.append(("ok", f"HTTP {e.code}"))
-            elif e.code == 404:
-                result.append(("missing", f"HTTP 404 from {url}"))
-            else:
-                result.append(("unreachable", f"HTTP {e.code} from {url}"))
-        except Exception as e:  # noqa: BLE001 - DNS, refused, timeout, proxy ...
-            result.append(("unreachable", f"{type(e).__name__}: {e}"))
-
-    t = threading.Thread(target=run, name="mlsae-hub-probe", daemon=True)
-    t.start()
-    t.join(timeout + 0.5)
-    return result[0] if result else ("unreachable", f"no answer from {url} within {timeout:.0f} s")
 
 
 # ---- loading ----------------------------------------------------------------------------------
@@ -338,10 +289,10 @@ def _load_hub(src: ModelSource, dtype):
             return _from_pretrained(rid, dtype, local_files_only=True)
         except OSError as e:  # not (fully) cached under this id
             errors.append(f"{rid}: {e}")
-    if _offline_env():
+    if hub.offline_requested():
         raise ModelNotAvailableError(_fetch_hint(src, "it is not in the local cache and HF_HUB_OFFLINE is set"))
     t0 = time.perf_counter()
-    status, detail = _probe_hub(src.repo_id_or_path)
+    status, detail = hub.probe(f"models/{src.repo_id_or_path}")
     if status == "missing":
         raise ModelNotAvailableError(_fetch_hint(src, f"the hub has no repository of that name ({detail})"))
     if status != "ok":
