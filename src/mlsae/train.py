@@ -104,7 +104,7 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "paper": {},
     "default": dict(
-        data="offline", seq_len=128, batch_size=32, max_tokens=2_000_000, lr=1e-3, dead_tokens=1_000_000,
+        data="offline", seq_len=128, batch_size=32, max_tokens=1_000_000, lr=1e-3, dead_tokens=500_000,
         checkpoint_every=100,
     ),
     "tiny": dict(
