@@ -67,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra papermill parameter for every notebook (value parsed as JSON when possible)")
 
     args = parser.parse_args(argv)
-    if args.command == "train":
-        return _train(args)
-    if args.command == "eval":
-        return _eval(args)
-    if args.command == "figures":
-        return _figures(args)
-    return _zoo(args)
+    commands = {"train": _train, "eval": _eval, "figures": _figures, "zoo": _zoo}
+    try:
+        return commands[args.command](args)
+    except (ValueError, TypeError, OSError, RuntimeError, ConnectionError, FloatingPointError) as err:
+        # Expected failures (a missing model, bad input, non-finite training) are messages, not tracebacks.
+        print(f"mlsae {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 def _train(args) -> int:

@@ -1,0 +1,23 @@
+"""The command line reports expected failures as one clear message and exit status 2."""
+
+from mlsae.__main__ import main
+
+
+def test_missing_model_is_a_message_not_a_traceback(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["train", "--model", "pythia-70m", "--expansion-factor", "64", "-k", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "EleutherAI/pythia-70m-deduped" in err and "hf download" in err and "Traceback" not in err
+
+
+def test_bad_hyper_parameter(capsys):
+    assert main(["train", "--model", "micro-s", "-k", "0"]) == 2
+    assert "k must be positive" in capsys.readouterr().err
+
+
+def test_bad_layers_argument(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "micro-s", "--layers", "a,b"])
+    assert "comma-separated integers" in capsys.readouterr().err
