@@ -122,6 +122,7 @@ def test_non_finite_activations_stop_with_the_step_and_keep_the_last_checkpoint(
 def test_bad_configuration_is_a_clear_error(tiny_model_dir, text_dir, tmp_path, change, match):
     with pytest.raises(ValueError, match=match):
         train(_cfg(tiny_model_dir, text_dir, **change), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists(), "a rejected configuration must not leave a run folder behind"
 
 
 def test_unknown_preset_and_model(tmp_path):
@@ -138,6 +139,7 @@ def test_empty_data_set_is_a_clear_error(tiny_model_dir, tmp_path):
     (empty / "test.jsonl").write_text("")
     with pytest.raises(ValueError, match="empty"):
         train(_cfg(tiny_model_dir, empty), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_evaluation_per_layer_and_splicing(tiny_model_dir, text_dir, tmp_path):

@@ -145,22 +145,23 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, *, resume: bool = True,
 
     ``out_dir`` defaults to ``$MLSAE_HOME/saes/<cfg.cache_key()>``.
     """
-    out_dir = Path(out_dir) if out_dir is not None else mlsae_home() / "saes" / cfg.cache_key()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir, log_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
-    atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
-
+    # Everything that can fail on bad input fails before anything is written.
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_model(cfg.model, device=cfg.device)
     n_layers = model.config.num_hidden_layers
     layers = _check_layers(cfg.layers, n_layers)
     d_model = model.config.hidden_size
-    lens = residual_lens_for(cfg.model, model, tokenizer, data=cfg.data, seed=cfg.seed) if cfg.tuned_lens else None
-
     sae_cfg = SAEConfig.from_expansion_factor(
         d_model, cfg.expansion_factor, cfg.k, k_aux=cfg.k_aux, auxk_coef=cfg.auxk_coef,
         dead_tokens=cfg.dead_tokens, layers=layers,
     )
+    dataset = load_text(cfg.data, split="train", streaming=True)  # an empty or missing data set fails here
+    lens = residual_lens_for(cfg.model, model, tokenizer, data=cfg.data, seed=cfg.seed) if cfg.tuned_lens else None
+
+    out_dir = Path(out_dir) if out_dir is not None else mlsae_home() / "saes" / cfg.cache_key()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir, log_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
+    atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
     torch.manual_seed(cfg.seed)
     sae = MLSAE(sae_cfg).to(cfg.device)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
@@ -172,7 +173,6 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, *, resume: bool = True,
         metrics = [m for m in _read_jsonl(log_path) if m["step"] <= step]
     atomic_write_text(log_path, "".join(json.dumps(m) + "\n" for m in metrics))
 
-    dataset = load_text(cfg.data, split="train", streaming=True)
     batches = token_batches(dataset, tokenizer, cfg.seq_len, cfg.batch_size, max_tokens=cfg.total_steps * cfg.tokens_per_step)
     skipped = _skip(batches, step * cfg.grad_accum)
     if skipped < step * cfg.grad_accum:
