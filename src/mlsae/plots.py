@@ -126,11 +126,12 @@ def variance_comparison(summaries: dict[str, dict]) -> Figure:
     ax.bar(x + 0.2, tok, 0.4, label="single token: E_{t,j}[Var(L | t, j)]")
     for xi, a, t in zip(x, agg, tok):
         if t > 0:
-            ax.annotate(f"{a / t:.0f}x", (xi, a), ha="center", va="bottom", fontsize=8)
+            ax.annotate(f"ratio {a / t:.1f}x", (xi, a), ha="center", va="bottom", fontsize=8)
     ax.set_yscale("log")
+    ax.set_ylim(top=ax.get_ylim()[1] * 4)  # head room for the legend above the bars
     ax.set_xticks(x, names)
     ax.set_ylabel("variance of layer index (layers²)")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left")
     return fig
 
 
