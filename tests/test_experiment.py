@@ -26,6 +26,7 @@ def test_wrong_types_name_the_parameter(name, value):
 
 
 @pytest.mark.parametrize("name, value, match", [("k", 0, "k must be positive"), ("expansion_factor", -2, "expansion_factor"),
+                                                ("expansion_factor", 0, "expansion_factor"),
                                                 ("train_tokens", -5, "train_tokens"), ("k", 100_000, "exceeds")])
 def test_bad_values(name, value, match):
     with pytest.raises(ValueError, match=match):

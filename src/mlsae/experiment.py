@@ -10,7 +10,7 @@ what it needs.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Iterator
@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from mlsae.paths import atomic_write_bytes, atomic_write_text, mlsae_home
+from mlsae.paths import atomic_write_bytes, atomic_write_text, mlsae_home, safe_name
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -64,12 +64,12 @@ class Experiment:
     seed: int = 42
     device: str = "cpu"
     progress: bool = True
-    _checked: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         p = preset_settings(_typed("preset", self.preset, str))
         self.model = _typed("model", self.model if self.model is not None else p["model"], str)
-        self.expansion_factor = _typed("expansion_factor", self.expansion_factor or p["expansion_factor"], int)
+        ef = p["expansion_factor"] if self.expansion_factor is None else self.expansion_factor
+        self.expansion_factor = _typed("expansion_factor", ef, int)
         self.k = _typed("k", self.k, int)
         self.tuned_lens = _typed("tuned_lens", self.tuned_lens, bool)
         self.seed = _typed("seed", self.seed, int)
@@ -111,11 +111,11 @@ class Experiment:
     @property
     def slug(self) -> str:
         """File-name stem for figures of this model."""
-        return f"{_safe(self.model)}-x{self.expansion_factor}-k{self.k}" + ("-lens" if self.tuned_lens else "")
+        return f"{safe_name(self.model)}-x{self.expansion_factor}-k{self.k}" + ("-lens" if self.tuned_lens else "")
 
     def with_model(self, model: str, **changes) -> "Experiment":
         """The same experiment for another model (or other changes), validated afresh."""
-        keep = {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name != "_checked"}
+        keep = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         keep.update(model=model, data=None if model != self.model else self.data, **changes)
         return Experiment(**keep)
 
@@ -169,7 +169,7 @@ class Experiment:
     def sae(self):
         from mlsae.train import train_or_load
 
-        sae, self._checked["out_dir"] = train_or_load(self.train_config(), progress=self.progress)
+        sae, _ = train_or_load(self.train_config(), progress=self.progress)
         return sae.eval()
 
     @property
@@ -227,7 +227,7 @@ class Experiment:
 
         from mlsae.analysis import residual_geometry
 
-        path = mlsae_home() / "geometry" / f"{_safe(self.model)}-{self.data.replace('/', '_').replace(':', '_')}-{self.eval_tokens}-lens{int(self.tuned_lens)}.pkl"
+        path = mlsae_home() / "geometry" / f"{safe_name(self.model)}-{safe_name(self.data)}-{self.eval_tokens}-lens{int(self.tuned_lens)}.pkl"
         if path.exists():
             return pickle.loads(path.read_bytes())
         model, tokenizer = self.lm
@@ -250,10 +250,6 @@ def series_models(exp: Experiment, models: list[str] | None = None) -> list[str]
         print(f"not on this machine, left out of the series: {', '.join(missing)}")
     present = [m for m in wanted if m not in missing]
     return sorted(present, key=lambda m: model_shape(m) or (0, 0))
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-._" else "_" for c in name).strip("_") or "model"
 
 
 def _typed(name: str, value, kind: type):

@@ -245,10 +245,9 @@ def residual_lens_for(
     model get a lens trained by :func:`train_tuned_lens`.
     """
     from mlsae.data import load_text, token_batches
-    from mlsae.paths import mlsae_home
+    from mlsae.paths import mlsae_home, safe_name
 
-    key = "".join(c if c.isalnum() or c in "-._" else "_" for c in model_name)
-    cached = mlsae_home() / "lenses" / f"{key}-{train_tokens}-s{seed}"
+    cached = mlsae_home() / "lenses" / f"{safe_name(model_name)}-{train_tokens}-s{seed}"
     if (cached / "params.pt").exists():
         return ResidualLens.from_tuned_lens(load_lens(model, cached))
     if not Path(model_name).exists() and "/" in str(model.config.name_or_path) and not Path(model.config.name_or_path).exists():

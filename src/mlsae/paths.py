@@ -43,6 +43,12 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
+def safe_name(name: str) -> str:
+    """A model name, hub id or path as one file-name component (``EleutherAI/pythia-70m`` ->
+    ``EleutherAI_pythia-70m``), for cache keys and figure names."""
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in str(name)).strip("_") or "model"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and rename, so readers never see half a file."""
     path = Path(path)

@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -28,7 +28,7 @@ from mlsae.activations import residual_batches
 from mlsae.data import load_text, token_batches
 from mlsae.lens import residual_lens_for
 from mlsae.models import load_model
-from mlsae.paths import atomic_dir, atomic_write_text, mlsae_home
+from mlsae.paths import atomic_dir, atomic_write_text, mlsae_home, safe_name
 from mlsae.sae import MLSAE, SAEConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -59,7 +59,6 @@ class TrainConfig:
     checkpoint_every: int = 500  # optimiser steps
     log_every: int = 10
     preset: str = "paper"
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.expansion_factor <= 0:
@@ -97,7 +96,7 @@ class TrainConfig:
         digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
         where = "all" if self.layers is None else "L" + "-".join(map(str, self.layers))
         lens = "-lens" if self.tuned_lens else ""
-        return f"{_safe(self.model)}-x{self.expansion_factor}-k{self.k}-{where}{lens}-{digest}"
+        return f"{safe_name(self.model)}-x{self.expansion_factor}-k{self.k}-{where}{lens}-{digest}"
 
 
 # Token budgets sized for the machine at hand. "paper" is PAPER.md §1 verbatim.
@@ -119,10 +118,6 @@ def config_from_preset(preset: str = "default", **overrides) -> TrainConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     return TrainConfig(**{**PRESETS[preset], "preset": preset, **overrides})
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-._" else "_" for c in Path(name).name if c) or "model"
 
 
 # --------------------------------------------------------------------------------------
