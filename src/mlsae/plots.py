@@ -33,7 +33,8 @@ sns.set_theme(context="paper", style="ticks", font_scale=1.0)
 def save_figure(fig: Figure, notebook: str, name: str, root: Path = FIGURES) -> list[Path]:
     """Write ``fig`` as ``<root>/<notebook>/<name>.pdf`` and ``.png`` (rename-into-place)."""
     paths = []
-    for ext, kw in (("pdf", {}), ("png", {"dpi": 150})):
+    # No timestamps in the files, so that regenerating unchanged figures changes no bytes.
+    for ext, kw in (("pdf", {"metadata": {"CreationDate": None}}), ("png", {"dpi": 150, "metadata": {"Software": None}})):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, bbox_inches="tight", **kw)
         path = root / notebook / f"{name}.{ext}"
