@@ -112,7 +112,8 @@ def residual_streams(
     return _residual_streams(model, input_ids, attention_mask, layers=layers, no_grad=no_grad, stop_early=True)
 
 
-def _check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    """``layers`` as a list of valid block indices (``None``: all of them), or a clear ValueError."""
     if layers is None:
         return list(range(n_layers))
     layers = [layers] if isinstance(layers, int) else list(layers)
@@ -127,7 +128,7 @@ def _check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
 def _residual_streams(model, input_ids, attention_mask=None, *, layers=None, no_grad=True, stop_early=True) -> Tensor:
     _check_ids(input_ids, attention_mask)
     blocks = transformer_blocks(model)
-    sel = _check_layers(layers, len(blocks))
+    sel = check_layers(layers, len(blocks))
     last = max(sel)
     slots: dict[int, list[int]] = {}
     for i, l in enumerate(sel):

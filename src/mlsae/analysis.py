@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mlsae.activations import residual_batches
-from mlsae.lens import ResidualLens
+from mlsae.lens import ResidualLens, sae_inputs
 from mlsae.sae import MLSAE
 
 
@@ -185,13 +185,16 @@ def layer_distributions(
     """Distributions over layers of every latent, streamed over ``batches`` of input ids."""
     layers = _sae_layers(sae, model)
     acc = LayerDistributionAccumulator(len(layers), sae.cfg.n_latents)
-    for _, keep, resid in tqdm(residual_batches(model, tokenizer, batches), desc="layer distributions", disable=not progress):
-        x = resid[layers][:, keep].float()
-        if lens is not None:
-            x = lens(x, layers)
-        values, indices = sae.encode(x.flatten(0, 1))
-        acc.update(values.view(len(layers), -1, values.shape[-1]), indices.view(len(layers), -1, indices.shape[-1]))
+    for values, indices in _latents(model, tokenizer, sae, batches, layers, lens, progress):
+        acc.update(values, indices)
     return acc.stats
+
+
+def _latents(model, tokenizer, sae, batches, layers, lens, progress=False):
+    """Yield the SAE's top-k ``(values, indices)``, each [layer, token, k], batch by batch."""
+    for _, keep, resid in tqdm(residual_batches(model, tokenizer, batches), desc="layer distributions", disable=not progress):
+        values, indices = sae.encode(sae_inputs(resid, keep, layers, lens).flatten(0, 1))
+        yield values.view(len(layers), -1, values.shape[-1]), indices.view(len(layers), -1, indices.shape[-1])
 
 
 @torch.no_grad()
@@ -204,16 +207,13 @@ def prompt_distribution(
     prompt is at least ``min_activation`` (PAPER.md §4 item 2 drops the others).
     """
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
-    stats = layer_distributions(model, tokenizer, sae, [ids], lens=lens, progress=False)
     layers = _sae_layers(sae, model)
+    acc = LayerDistributionAccumulator(len(layers), sae.cfg.n_latents)
     acc_max = torch.zeros(sae.cfg.n_latents, dtype=torch.float64)
-    for _, keep, resid in residual_batches(model, tokenizer, [ids]):
-        x = resid[layers][:, keep].float()
-        if lens is not None:
-            x = lens(x, layers)
-        values, indices = sae.encode(x.flatten(0, 1))
+    for values, indices in _latents(model, tokenizer, sae, [ids], layers, lens):  # one pass: stats and maxima
+        acc.update(values, indices)
         acc_max.scatter_reduce_(0, indices.flatten().cpu(), values.flatten().double().cpu(), reduce="amax")
-    return stats, torch.nonzero(acc_max >= min_activation).flatten()
+    return acc.stats, torch.nonzero(acc_max >= min_activation).flatten()
 
 
 @dataclass

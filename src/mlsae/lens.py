@@ -121,6 +121,16 @@ class ResidualLens(nn.Module):
         return out
 
 
+def sae_inputs(resid: Tensor, keep: Tensor, layers: list[int], lens: "ResidualLens | None" = None) -> Tensor:
+    """The SAE's examples from one batch: the selected layers of ``resid`` [layer, batch, pos, d] at the
+    kept (non-special) tokens -> [len(layers), token, d] in float32, mapped by ``lens`` when given.
+
+    Always a new tensor: the clean residual stream is never modified.
+    """
+    x = resid[layers][:, keep].float()
+    return lens(x, layers) if lens is not None else x
+
+
 def load_pretrained_lens(model: nn.Module, resource_id: str | None = None) -> TunedLens:
     """A pretrained tuned lens from a local directory or the ``tuned-lens`` hub space.
 

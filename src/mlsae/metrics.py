@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mlsae.activations import logits_from_layer, residual_batches
-from mlsae.lens import ResidualLens
+from mlsae.lens import ResidualLens, sae_inputs
 from mlsae.sae import MLSAE
 
 
@@ -113,8 +113,7 @@ def _evaluate(model, tokenizer, sae, batches, lens, downstream, progress) -> Eva
     clean_sum, n_pred, n_tok = 0.0, 0, 0
 
     for input_ids, keep, resid in tqdm(residual_batches(model, tokenizer, batches), desc="evaluate", disable=not progress):
-        x = resid[layers][:, keep].float()  # [layer, token, d], model basis
-        x_in = lens(x, layers) if lens is not None else x
+        x_in = sae_inputs(resid, keep, layers, lens)  # [layer, token, d], in the SAE's basis
         out = sae(x_in)  # reconstructions in the space the SAE works in
         x_hat = out.x_hat.float()
         sq_err += (x_in - x_hat).pow(2).sum(dim=(1, 2)).double()
@@ -125,7 +124,7 @@ def _evaluate(model, tokenizer, sae, batches, lens, downstream, progress) -> Eva
         l1 += vals.sum(dim=(1, 2)).double()
         idx = out.top_indices[vals > sae.cfg.dead_threshold]
         fired[idx.flatten().cpu()] = True
-        n_tok += x.shape[1]
+        n_tok += x_in.shape[1]
 
         if downstream:
             pred = keep[:, :-1]  # positions that were spliced and have a next token

@@ -24,9 +24,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mlsae.activations import residual_batches
+from mlsae.activations import check_layers, residual_batches
 from mlsae.data import load_text, token_batches
-from mlsae.lens import residual_lens_for
+from mlsae.lens import residual_lens_for, sae_inputs
 from mlsae.models import load_model
 from mlsae.paths import atomic_dir, atomic_write_text, mlsae_home, safe_name
 from mlsae.sae import MLSAE, SAEConfig
@@ -144,7 +144,7 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, *, resume: bool = True,
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_model(cfg.model, device=cfg.device)
     n_layers = model.config.num_hidden_layers
-    layers = _check_layers(cfg.layers, n_layers)
+    layers = check_layers(cfg.layers, n_layers)
     d_model = model.config.hidden_size
     sae_cfg = SAEConfig.from_expansion_factor(
         d_model, cfg.expansion_factor, cfg.k, k_aux=cfg.k_aux, auxk_coef=cfg.auxk_coef,
@@ -186,9 +186,7 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, *, resume: bool = True,
                 if item is None:
                     break
                 _, keep, resid = item
-                x = resid[layers][:, keep].float()  # [layer, token, d]
-                if lens is not None:
-                    x = lens(x, layers)
+                x = sae_inputs(resid, keep, layers, lens)  # [layer, token, d]
                 if not torch.isfinite(x).all():
                     raise FloatingPointError(_nan_message("activations", step, ckpt_dir))
                 if step == 0 and stats.n == 0:  # a fresh run: b_pre from the first batch
@@ -241,15 +239,6 @@ def train_or_load(cfg: TrainConfig, *, progress: bool = True) -> tuple[MLSAE, Pa
         return MLSAE.from_pretrained(out_dir / "sae").to(cfg.device), out_dir
     result = train(cfg, out_dir, progress=progress)
     return result.sae, out_dir
-
-
-def _check_layers(layers: list[int] | None, n_layers: int) -> list[int]:
-    if layers is None:
-        return list(range(n_layers))
-    bad = [l for l in layers if not 0 <= l < n_layers]
-    if bad or not layers:
-        raise ValueError(f"layers {layers} invalid for a model with {n_layers} layers (valid: 0..{n_layers - 1})")
-    return list(layers)
 
 
 class _Accumulator:
