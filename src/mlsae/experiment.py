@@ -28,14 +28,21 @@ NOTEBOOK_PRESETS: dict[str, dict] = {
     "tiny": dict(
         train="tiny", model="micro-m", models=["micro-s", "micro-m", "micro-l"], expansion_factor=8,
         eval_tokens=2_048, analysis_tokens=8_192, seq_len=64, batch_size=8,
+        families={"GPT-NeoX": ["micro-s", "micro-m"], "GPT-2": ["micro-gpt2-s", "micro-gpt2-m"],
+                  "Llama": ["micro-llama-s", "micro-llama-m"]},
     ),
     "default": dict(
         train="default", model="zoo-m", models=["zoo-s", "zoo-m", "zoo-l"], expansion_factor=16,
         eval_tokens=32_768, analysis_tokens=262_144, seq_len=128, batch_size=32,
+        families={"GPT-NeoX": ["zoo-s", "zoo-m"], "GPT-2": ["zoo-gpt2-s", "zoo-gpt2-m"],
+                  "Llama": ["zoo-llama-s", "zoo-llama-m"]},
     ),
     "paper": dict(
         train="paper", model="pythia-70m", models=["pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b"],
         expansion_factor=64, eval_tokens=1_000_000, analysis_tokens=10_000_000, seq_len=2048, batch_size=8,
+        families={"GPT-NeoX": ["pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b"],
+                  "GPT-2": ["gpt2", "gpt2-medium", "gpt2-large"],
+                  "Llama": ["TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", "meta-llama/Llama-3.2-1B"]},
     ),
 }
 HUB_DATA = "monology/pile-uncopyrighted"
