@@ -107,6 +107,34 @@ def test_init_b_pre_in_standardised_space():
     torch.testing.assert_close(sae.b_pre.detach(), expected)
 
 
+def test_fit_encoder_scale_is_the_least_squares_scale():
+    sae, x = small(), batch()
+    sae.init_b_pre_(x)
+    x_std = standardize(x.reshape(-1, 16))[0]
+    err = lambda: float((sae.decode(*sae.encode(x.reshape(-1, 16))) - x_std).pow(2).sum().detach())  # noqa: E731
+    directions = torch.nn.functional.normalize(sae.W_enc.detach(), dim=1)
+    before = err()
+    scale = sae.fit_encoder_scale_(x)
+    after = err()
+    assert 0 < scale < 1 and after < before  # unit rows overshoot; the fit shrinks them
+    torch.testing.assert_close(torch.nn.functional.normalize(sae.W_enc.detach(), dim=1), directions)
+    for nudge in (0.97, 1.03):  # a stationary point: scaling further either way is worse
+        sae.W_enc.data.mul_(nudge)
+        assert err() > after
+        sae.W_enc.data.div_(nudge)
+
+
+def test_train_config_encoder_init():
+    from mlsae.train import TrainConfig
+
+    base = TrainConfig()
+    assert base.encoder_init == "unit"
+    assert base.cache_key() == "pythia-70m-x64-k32-all-81b2beef32"  # as before the option existed
+    assert TrainConfig(encoder_init="fit").cache_key() != base.cache_key()
+    with pytest.raises(ValueError, match="encoder_init"):
+        TrainConfig(encoder_init="zeros")
+
+
 # --- forward, constraints, loss ---------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mlsae.activations import residual_batches
+from mlsae.activations import check_layers, residual_batches
 from mlsae.lens import ResidualLens, sae_inputs
 from mlsae.sae import MLSAE
 
@@ -92,6 +92,21 @@ class LayerDistributions:
     def n_active_layers(self) -> Tensor:
         """Number of layers at which each latent fires on at least one token [latent]."""
         return (self.counts > 0).sum(0)
+
+    def active_layers(self, min_share: float) -> Tensor:
+        """Number of layers holding at least ``min_share`` of the latent's firings [latent].
+
+        Over many tokens nearly every alive latent fires at every layer at least once, so
+        :attr:`n_active_layers` saturates; a share threshold (e.g. 0.05) counts the layers that matter.
+        """
+        share = self.counts / self.counts.sum(0, keepdim=True).clamp_min(1)
+        return ((share >= min_share) & (self.counts > 0)).sum(0)
+
+    @property
+    def distance_to_integer(self) -> Tensor:
+        """``|E[L | j] - round(E[L | j])|`` [latent]: 0 for a latent centred on one layer, 0.5 between two."""
+        m = self.mean_layer
+        return (m - m.round()).abs()
 
     def summary(self) -> dict:
         alive = self.alive
@@ -180,10 +195,15 @@ class LayerDistributionAccumulator:
 
 @torch.no_grad()
 def layer_distributions(
-    model, tokenizer, sae: MLSAE, batches: Iterable[Tensor], *, lens: ResidualLens | None = None, progress: bool = True
+    model, tokenizer, sae: MLSAE, batches: Iterable[Tensor], *, lens: ResidualLens | None = None,
+    layers: list[int] | None = None, progress: bool = True
 ) -> LayerDistributions:
-    """Distributions over layers of every latent, streamed over ``batches`` of input ids."""
-    layers = _sae_layers(sae, model)
+    """Distributions over layers of every latent, streamed over ``batches`` of input ids.
+
+    ``layers``: where to apply the SAE (default: the layers it was trained on). Passing every layer
+    for a single-layer SAE gives the paper's multi-layer figures for the baselines.
+    """
+    layers = _sae_layers(sae, model) if layers is None else check_layers(layers, model.config.num_hidden_layers)
     acc = LayerDistributionAccumulator(len(layers), sae.cfg.n_latents)
     for values, indices in _latents(model, tokenizer, sae, batches, layers, lens, progress):
         acc.update(values, indices)
@@ -192,9 +212,16 @@ def layer_distributions(
 
 def _latents(model, tokenizer, sae, batches, layers, lens, progress=False):
     """Yield the SAE's top-k ``(values, indices)``, each [layer, token, k], batch by batch."""
-    for _, keep, resid in tqdm(residual_batches(model, tokenizer, batches), desc="layer distributions", disable=not progress):
+    for _, _, values, indices in _latents_at(model, tokenizer, sae, batches, layers, lens, progress):
+        yield values, indices
+
+
+def _latents_at(model, tokenizer, sae, batches, layers, lens, progress=False, desc="layer distributions"):
+    """:func:`_latents` with where the tokens are: yields ``(input_ids, keep, values, indices)``; token ``t``
+    of ``values`` [layer, token, k] is the ``t``-th True entry of ``keep`` [batch, pos] in row-major order."""
+    for ids, keep, resid in tqdm(residual_batches(model, tokenizer, batches), desc=desc, disable=not progress):
         values, indices = sae.encode(sae_inputs(resid, keep, layers, lens).flatten(0, 1))
-        yield values.view(len(layers), -1, values.shape[-1]), indices.view(len(layers), -1, indices.shape[-1])
+        yield ids, keep, values.view(len(layers), -1, values.shape[-1]), indices.view(len(layers), -1, indices.shape[-1])
 
 
 @torch.no_grad()

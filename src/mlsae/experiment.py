@@ -27,19 +27,26 @@ IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 NOTEBOOK_PRESETS: dict[str, dict] = {
     "tiny": dict(
         train="tiny", model="micro-m", models=["micro-s", "micro-m", "micro-l"], expansion_factor=8,
-        eval_tokens=2_048, analysis_tokens=8_192, seq_len=64, batch_size=8,
+        eval_tokens=2_048, analysis_tokens=8_192, seq_len=64, batch_size=8, lens_tokens=40_000,
+        sweep=dict(model="micro-s", expansion_factors=[2, 8], ks=[8, 16], k_expansion_factor=8, train_tokens=20_000,
+                   analysis_tokens=4_096),
         families={"GPT-NeoX": ["micro-s", "micro-m"], "GPT-2": ["micro-gpt2-s", "micro-gpt2-m"],
                   "Llama": ["micro-llama-s", "micro-llama-m"]},
     ),
     "default": dict(
         train="default", model="zoo-m", models=["zoo-s", "zoo-m", "zoo-l"], expansion_factor=16,
-        eval_tokens=32_768, analysis_tokens=262_144, seq_len=128, batch_size=32,
+        eval_tokens=32_768, analysis_tokens=262_144, seq_len=128, batch_size=32, lens_tokens=400_000,
+        sweep=dict(model="zoo-s", expansion_factors=[1, 2, 4, 8, 16, 32, 64], ks=[16, 32, 64, 128], k_expansion_factor=64,
+                   train_tokens=500_000, analysis_tokens=65_536),
         families={"GPT-NeoX": ["zoo-s", "zoo-m"], "GPT-2": ["zoo-gpt2-s", "zoo-gpt2-m"],
                   "Llama": ["zoo-llama-s", "zoo-llama-m"]},
     ),
     "paper": dict(
         train="paper", model="pythia-70m", models=["pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b"],
         expansion_factor=64, eval_tokens=1_000_000, analysis_tokens=10_000_000, seq_len=2048, batch_size=8,
+        lens_tokens=400_000,  # only for models without a pretrained lens
+        sweep=dict(model="pythia-70m", expansion_factors=[1, 2, 4, 8, 16, 32, 64, 128, 256],
+                   ks=[16, 32, 64, 128, 256, 512], k_expansion_factor=64, train_tokens=None, analysis_tokens=1_000_000),
         families={"GPT-NeoX": ["pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b"],
                   "GPT-2": ["gpt2", "gpt2-medium", "gpt2-large"],
                   "Llama": ["TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", "meta-llama/Llama-3.2-1B"]},
@@ -118,7 +125,8 @@ class Experiment:
     @property
     def slug(self) -> str:
         """File-name stem for figures of this model."""
-        return f"{safe_name(self.model)}-x{self.expansion_factor}-k{self.k}" + ("-lens" if self.tuned_lens else "")
+        where = "" if self.layers is None else "-L" + "-".join(map(str, self.layers))
+        return f"{safe_name(self.model)}-x{self.expansion_factor}-k{self.k}{where}" + ("-lens" if self.tuned_lens else "")
 
     def with_model(self, model: str, **changes) -> "Experiment":
         """The same experiment for another model (or other changes), validated afresh."""
@@ -159,7 +167,8 @@ class Experiment:
         from mlsae.lens import residual_lens_for
 
         model, tokenizer = self.lm
-        return residual_lens_for(self.model, model, tokenizer, data=self.data, seed=self.seed, progress=self.progress)
+        return residual_lens_for(self.model, model, tokenizer, data=self.data, seed=self.seed,
+                                 train_tokens=self.settings["lens_tokens"], progress=self.progress)
 
     def train_config(self):
         from mlsae.train import config_from_preset
@@ -183,6 +192,12 @@ class Experiment:
     def out_dir(self) -> Path:
         return mlsae_home() / "saes" / self.train_config().cache_key()
 
+    def train_summary(self) -> dict:
+        """Steps, tokens and wall-clock seconds of the training run that produced the cached SAE."""
+        self.sae  # noqa: B018 - make sure it exists
+        path = self.out_dir / "train_summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def training_log(self) -> list[dict]:
         self.sae  # noqa: B018 - make sure it exists
         path = self.out_dir / "metrics.jsonl"
@@ -198,27 +213,29 @@ class Experiment:
 
     # ---- statistics, cached next to the SAE --------------------------------------------------
 
-    def evaluate(self, downstream: bool = True):
+    def evaluate(self, downstream: bool = True, layers: list[int] | None = None):
+        """Metrics on held-out text; ``layers`` applies the SAE elsewhere than where it was trained."""
         from mlsae.metrics import EvalResult, evaluate
 
-        path = self.out_dir / f"eval-{self.eval_tokens}-{int(downstream)}.json"
+        path = self.out_dir / f"eval-{self.eval_tokens}-{int(downstream)}{_layers_tag(layers)}.json"
         if path.exists():
             return EvalResult(**json.loads(path.read_text()))
         model, tokenizer = self.lm
         result = evaluate(model, tokenizer, self.sae, self.batches(self.eval_tokens), lens=self.lens,
-                          downstream=downstream, progress=self.progress)
+                          downstream=downstream, layers=layers, progress=self.progress)
         atomic_write_text(path, json.dumps(result.to_dict()))
         return result
 
-    def distributions(self):
+    def distributions(self, layers: list[int] | None = None):
+        """Distributions over layers; ``layers`` (e.g. every layer for a single-layer SAE) as in :meth:`evaluate`."""
         from mlsae.analysis import LayerDistributions, layer_distributions
 
-        path = self.out_dir / f"distributions-{self.analysis_tokens}.safetensors"
+        path = self.out_dir / f"distributions-{self.analysis_tokens}{_layers_tag(layers)}.safetensors"
         if path.exists():
             return LayerDistributions.load(path)
         model, tokenizer = self.lm
         stats = layer_distributions(model, tokenizer, self.sae, self.batches(self.analysis_tokens), lens=self.lens,
-                                    progress=self.progress)
+                                    layers=layers, progress=self.progress)
         stats.save(path)
         return stats
 
@@ -227,6 +244,20 @@ class Experiment:
 
         model, tokenizer = self.lm
         return prompt_distribution(model, tokenizer, self.sae, prompt, lens=self.lens)
+
+    def max_examples(self, n_examples: int = 8):
+        """PAPER.md §4 item 14: the top ``n_examples`` activations of every (layer, latent) and the
+        analysed token ids (:class:`mlsae.examples.MaxExamples`), cached next to the SAE."""
+        from mlsae.examples import MaxExamples, max_examples
+
+        path = self.out_dir / f"examples-{self.analysis_tokens}-{n_examples}.safetensors"
+        if path.exists():
+            return MaxExamples.load(path)
+        model, tokenizer = self.lm
+        ex = max_examples(model, tokenizer, self.sae, self.batches(self.analysis_tokens), lens=self.lens,
+                          n_examples=n_examples, progress=self.progress)
+        ex.save(path)
+        return ex
 
     def geometry(self):
         """Adjacent-layer cosine similarity and norms of the residual stream (no SAE involved)."""
@@ -259,8 +290,80 @@ def series_models(exp: Experiment, models: list[str] | None = None) -> list[str]
     return sorted(present, key=lambda m: model_shape(m) or (0, 0))
 
 
+def _layers_tag(layers: list[int] | None) -> str:
+    return "" if layers is None else "-at" + "-".join(map(str, layers))
+
+
 def _typed(name: str, value, kind: type):
     # papermill passes what the user typed; bool is an int subclass, so check it first
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"parameter {name}={value!r} should be of type {kind.__name__}, got {type(value).__name__}")
     return value
+
+
+def sweep(exp: Experiment, expansion_factors: list[int], ks: list[int], k_expansion_factor: int) -> list[dict]:
+    """PAPER.md §4 item 9: R at ``exp.k``, and k at R = ``k_expansion_factor``, for ``exp.model``.
+
+    One row per (R, k) point of each sweep (a point shared by both appears in both, trained once):
+    FVU and Delta CE (held-out, mean over layers), mean std of ``p(l | j)``, the headline variance
+    ratio, MMCS of the decoder and training time.
+    """
+    from mlsae.decoder import decoder_vectors, mmcs
+
+    points = [("R", r, exp.k) for r in expansion_factors] + [("k", k_expansion_factor, k) for k in ks]
+    rows = []
+    for which, r, k in points:
+        e = exp.with_model(exp.model, expansion_factor=r, k=k)
+        result, summary = e.evaluate(), e.distributions().summary()
+        rows.append({
+            "sweep": which, "R": r, "k": k, "n_latents": e.sae.cfg.n_latents,
+            "FVU": result.mean("fvu"), "delta CE": result.mean("delta_ce"), "L0": result.mean("l0"),
+            "dead fraction": result.dead_fraction, "mean std of p(l|j)": summary["mean_std_layer"],
+            "variance ratio": summary["variance_ratio"], "MMCS": mmcs(decoder_vectors(e.sae), device=e.device),
+            "train seconds": e.train_summary().get("seconds", float("nan")),
+        })
+    return rows
+
+
+def lens_comparison(exp: Experiment, models: list[str]) -> list[dict]:
+    """PAPER.md §4 item 8: the central quantities of each model without and with the tuned lens."""
+    rows = []
+    for m in models:
+        for lens in (False, True):
+            e = exp.with_model(m, tuned_lens=lens)
+            s, r, g = e.distributions().summary(), e.evaluate(), e.geometry()
+            rows.append({
+                "model": m, "tuned lens": lens, "layers": s["n_layers"], "FVU": r.mean("fvu"),
+                "delta CE": r.mean("delta_ce"), "E_j Var(L|j)": s["aggregate_var"], "E_tj Var(L|t,j)": s["token_var"],
+                "variance ratio": s["variance_ratio"], "mean std of p(l|j)": s["mean_std_layer"],
+                "mean adjacent cosine": float(g.cos_mean.mean()),
+            })
+    return rows
+
+
+def single_layer_baselines(exp: Experiment) -> dict:
+    """PAPER.md §4 item 11: one SAE per layer (same R, k, data and tokens) against the MLSAE.
+
+    Returns ``saes`` {layer: Experiment}, the matrices ``fvu`` and ``delta_ce`` [trained-on, evaluated-on]
+    with the MLSAE as the last row, and the training seconds of each run.
+    """
+    import numpy as np
+
+    n_layers = exp.lm[0].config.num_hidden_layers
+    every = list(range(n_layers))
+    singles = {l: exp.with_model(exp.model, layers=[l]) for l in every}
+    results = [singles[l].evaluate(layers=every) for l in every] + [exp.evaluate()]
+    return {
+        "saes": singles,
+        "row_labels": [f"SAE trained on layer {l}" for l in every] + ["MLSAE (all layers)"],
+        "fvu": np.array([r.fvu for r in results]),
+        "delta_ce": np.array([r.delta_ce for r in results]),
+        "seconds": {"MLSAE": exp.train_summary().get("seconds", float("nan")),
+                    **{f"layer {l}": singles[l].train_summary().get("seconds", float("nan")) for l in every}},
+        # weights, gradients and two Adam moments: what training holds per SAE, in MiB
+        "train_state_mib": {"MLSAE": _train_state_mib(exp.sae), **{f"layer {l}": _train_state_mib(singles[l].sae) for l in every}},
+    }
+
+
+def _train_state_mib(sae) -> float:
+    return 4 * sum(p.numel() * p.element_size() for p in sae.parameters()) / 2**20

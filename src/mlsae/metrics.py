@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mlsae.activations import logits_from_layer, residual_batches
+from mlsae.activations import check_layers, logits_from_layer, residual_batches
 from mlsae.lens import ResidualLens, sae_inputs
 from mlsae.sae import MLSAE
 
@@ -84,23 +84,26 @@ def evaluate(
     *,
     lens: ResidualLens | None = None,
     downstream: bool = True,
+    layers: list[int] | None = None,
     progress: bool = True,
 ) -> EvalResult:
     """Evaluate ``sae`` on ``batches`` of input ids [batch, pos] (held-out text).
 
+    ``layers``: where to apply the SAE; by default the layers it was trained on. A single-layer
+    SAE evaluated on other layers gives the off-diagonal entries of the paper's baseline matrices.
     The SAE runs in eval mode (its dead-latent counters are left alone) and is put back after.
     """
     check_sae_matches_model(sae, model)
+    layers = check_layers(sae.cfg.layers if layers is None else layers, model.config.num_hidden_layers)
     was_training = sae.training
     sae.eval()
     try:
-        return _evaluate(model, tokenizer, sae, batches, lens, downstream, progress)
+        return _evaluate(model, tokenizer, sae, batches, lens, downstream, layers, progress)
     finally:
         sae.train(was_training)
 
 
-def _evaluate(model, tokenizer, sae, batches, lens, downstream, progress) -> EvalResult:
-    layers = list(sae.cfg.layers) if sae.cfg.layers is not None else list(range(model.config.num_hidden_layers))
+def _evaluate(model, tokenizer, sae, batches, lens, downstream, layers, progress) -> EvalResult:
     n_layers, d = len(layers), sae.cfg.d_model
     sq_err = torch.zeros(n_layers, dtype=torch.float64)
     sum_x = torch.zeros(n_layers, d, dtype=torch.float64)
