@@ -153,6 +153,25 @@ def residual_similarity(geoms: dict[str, ResidualGeometry]) -> Figure:
     return fig
 
 
+def latent_layer_profile(stats: LayerDistributions, latent: int, top: Sequence[float] | None = None,
+                         title: str = "") -> Figure:
+    """One latent over layers: ``p(l | j)``, the number of tokens it fires on, and (``top``, one value
+    per layer) its largest activation at each layer."""
+    panels = [(stats.p_layer[:, latent].numpy(), "p(layer | latent)"),
+              (stats.counts[:, latent].numpy(), "count (tokens)")]
+    if top is not None:
+        panels.append((np.asarray(top, dtype=float), "top activation"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 0.6, 2.8), constrained_layout=True)
+    layers = np.arange(stats.n_layers)
+    for ax, (data, label) in zip(axes, panels):
+        ax.bar(layers, data, color="C1")
+        ax.set_xticks(layers)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(label)
+    fig.suptitle(title or f"latent {latent}")
+    return fig
+
+
 def lm_losses(reports: dict[str, dict]) -> Figure:
     """Held-out next-token loss of each model next to its unigram baseline (nats per token)."""
     names = [n for n in reports if reports[n].get("heldout_loss") is not None]
@@ -163,6 +182,46 @@ def lm_losses(reports: dict[str, dict]) -> Figure:
     ax.set_xticks(x, [f"{n}\n{reports[n]['n_layers']}x{reports[n]['d_model']}" for n in names])
     ax.set_ylabel("held-out loss (nats / token)")
     ax.legend(fontsize=7)
+    return fig
+
+
+# (row key, y-axis label, log scale) of the panels of family_trend
+FAMILY_METRICS = (
+    ("variance_ratio", "ratio E_j[Var(L | j)]\n/ E_t,j[Var(L | t, j)]", True),
+    ("mean_std_layer_over_n_layers", "mean std of p(l | j)\n/ number of layers", False),
+    ("adjacent_cos", "mean adjacent-layer cosine\n(centred residual vectors)", False),
+    ("fvu", "FVU (mean over layers)", False),
+)
+
+
+def family_trend(rows, x: str = "n_layers", xlabel: str = "number of layers of the model", logx: bool = False,
+                 metrics=FAMILY_METRICS) -> Figure:
+    """The central quantities against model size, one line per architecture family.
+
+    ``rows``: dicts (or a pandas table) with ``family``, the ``x`` key and the keys of ``metrics``
+    (default :data:`FAMILY_METRICS`: headline variance ratio, mean std of ``p(l | j)`` over the
+    number of layers, mean adjacent-layer cosine similarity, mean FVU); one panel per metric.
+    """
+    rows = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.0), constrained_layout=True, squeeze=False)
+    markers = "osD^v<>"
+    for i, family in enumerate(families):
+        mine = sorted((r for r in rows if r["family"] == family), key=lambda r: r[x])
+        for ax, (key, _, _) in zip(axes[0], metrics):
+            ax.plot([r[x] for r in mine], [r[key] for r in mine], marker=markers[i % len(markers)], label=family)
+    for ax, (_, ylabel, logy) in zip(axes[0], metrics):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logy:
+            ax.set_yscale("log")
+            for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                set_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False))  # 1.5, not 1.5 x 10^0
+        if logx:
+            ax.set_xscale("log", base=2)
+        else:
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes[0][0].legend(fontsize=7, title="architecture", title_fontsize=7)
     return fig
 
 
@@ -177,4 +236,144 @@ def trend(xs: Sequence, ys: dict[str, Sequence], xlabel: str, ylabel: str, logx:
     ax.set_ylabel(ylabel)
     if len(ys) > 1:
         ax.legend(fontsize=7)
+    return fig
+
+
+def sweep_curves(rows: Sequence[dict], metrics: Sequence[str] = ("FVU", "delta CE", "mean std of p(l|j)", "MMCS")) -> Figure:
+    """Sweep results: one row of panels against R (at fixed k), one against k (at fixed R)."""
+    sweeps = [s for s in ("R", "k") if any(r["sweep"] == s for r in rows)]
+    fig, axes = plt.subplots(len(sweeps), len(metrics), figsize=(3.0 * len(metrics), 2.7 * len(sweeps)),
+                             constrained_layout=True, squeeze=False)
+    for i, s in enumerate(sweeps):
+        pts = sorted((r for r in rows if r["sweep"] == s), key=lambda r: r[s])
+        fixed = "k" if s == "R" else "R"
+        for ax, m in zip(axes[i], metrics):
+            ax.plot([r[s] for r in pts], [r[m] for r in pts], marker="o")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel(f"{'expansion factor R' if s == 'R' else 'k (active latents)'}  ({fixed} = {pts[0][fixed]})")
+            ax.set_ylabel(m)
+            if m in ("FVU", "delta CE"):
+                ax.set_yscale("log")
+    return fig
+
+
+def heatmaps_side_by_side(stats: dict[str, LayerDistributions]) -> Figure:
+    """``p(l | j)`` of several runs (e.g. without and with the tuned lens), latents sorted by mean layer."""
+    fig, axes = plt.subplots(len(stats), 1, figsize=(10, 0.9 + 0.5 * sum(s.n_layers for s in stats.values())),
+                             constrained_layout=True, squeeze=False)
+    for ax, (label, s) in zip(axes[:, 0], stats.items()):
+        order = latent_order(s)
+        im = ax.imshow(s.p_layer.numpy()[:, order], aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
+        ax.set_yticks(range(s.n_layers))
+        ax.set_ylabel("layer")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel(f"latent (sorted by mean layer; {len(order)} alive)")
+        fig.colorbar(im, ax=ax, label="p(layer | latent)", pad=0.01)
+    return fig
+
+
+def layer_statistics(stats: dict[str, LayerDistributions], min_share: float = 0.05) -> Figure:
+    """PAPER.md §4 items 5 and 12, per model: mean layer (relative depth), its distance to the nearest
+    integer, the number of layers holding at least ``min_share`` of a latent's firings, and the
+    entropy of ``p(l | j)`` divided by its maximum ``log L``."""
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.0), constrained_layout=True)
+    for name, s in stats.items():
+        alive = s.alive
+        L = s.n_layers
+        kw = dict(histtype="step", density=True, lw=1.3, label=f"{name} ({L} layers)")
+        axes[0].hist((s.mean_layer[alive] / max(L - 1, 1)).numpy(), bins=40, range=(0, 1), **kw)
+        axes[1].hist(s.distance_to_integer[alive].numpy(), bins=25, range=(0, 0.5), **kw)
+        n_act = s.active_layers(min_share)[alive].numpy()
+        axes[2].hist(n_act / L, bins=np.arange(0.5, L + 1) / L, **kw)
+        axes[3].hist((s.entropy[alive] / np.log(L)).numpy(), bins=30, range=(0, 1), **kw)
+    axes[0].set_xlabel("mean layer E[L | j] / (L - 1)")
+    axes[1].set_xlabel("|E[L | j] - nearest integer|  (layers)")
+    axes[2].set_xlabel(f"layers with >= {min_share:.0%} of the firings / L")
+    axes[3].set_xlabel("entropy of p(l | j) / log L")
+    for ax in axes:
+        ax.set_ylabel("density of latents")
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def pair_histograms(hist, title: str = "") -> Figure:
+    """Histogram of pairwise decoder cosine similarity, and its 2-D histogram against the
+    difference in mean layer (log colour scale, with the mean cosine per row overlaid)."""
+    from matplotlib.colors import LogNorm
+
+    ce, de = hist.cos_edges.numpy(), hist.dlayer_edges.numpy()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
+    a.stairs(hist.cos_counts.numpy(), ce, fill=True, alpha=0.7)
+    a.set_yscale("log")
+    a.set_xlabel("cosine similarity of decoder vectors")
+    a.set_ylabel(f"pairs (of {hist.pairs:,})")
+    joint = hist.joint_counts.numpy()
+    im = b.pcolormesh(ce, de, np.where(joint > 0, joint, np.nan), norm=LogNorm(), cmap="magma", shading="flat")
+    centres = (ce[:-1] + ce[1:]) / 2
+    rows = joint.sum(1)
+    mean_cos = (joint * centres).sum(1) / np.where(rows > 0, rows, np.nan)
+    b.plot(mean_cos, (de[:-1] + de[1:]) / 2, color="cyan", lw=1.2, label="mean cosine per row")
+    b.set_xlabel("cosine similarity of decoder vectors")
+    b.set_ylabel("|difference in mean layer|  (layers)")
+    b.legend(fontsize=7, loc="upper right")
+    fig.colorbar(im, ax=b, label="pairs")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def embedding_alignment(mean_layer: np.ndarray, best: dict[str, np.ndarray], n_layers: int) -> Figure:
+    """Each latent's largest cosine similarity with any input / output token direction, against its
+    mean layer: mean and interquartile range over latents in bins of mean layer."""
+    fig, ax = plt.subplots(figsize=(5, 3.3), constrained_layout=True)
+    edges = np.linspace(0, max(n_layers - 1, 1), 2 * n_layers)
+    ok = ~np.isnan(mean_layer)
+    centres = (edges[:-1] + edges[1:]) / 2
+    for label, cos in best.items():
+        idx = np.clip(np.digitize(mean_layer[ok], edges) - 1, 0, len(centres) - 1)
+        stats = [(np.mean(v), *np.percentile(v, [25, 75])) if len(v) else (np.nan,) * 3
+                 for v in (cos[ok][idx == i] for i in range(len(centres)))]
+        m, lo, hi = map(np.array, zip(*stats))
+        ax.plot(centres, m, marker="o", ms=3, label=f"{label} embeddings")
+        ax.fill_between(centres, lo, hi, alpha=0.2)
+    ax.set_xlabel("mean layer of the latent E[L | j]")
+    ax.set_ylabel("max cosine similarity with\nany token direction")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def layer_matrix(matrix: np.ndarray, row_labels: Sequence[str], label: str, log: bool = False) -> Figure:
+    """A [trained-on, evaluated-on] matrix with values written in the cells and a colour bar."""
+    from matplotlib.colors import LogNorm
+
+    fig, ax = plt.subplots(figsize=(1.6 + 0.8 * matrix.shape[1], 0.9 + 0.45 * matrix.shape[0]), constrained_layout=True)
+    norm = LogNorm(vmin=max(np.nanmin(matrix[matrix > 0]), 1e-6), vmax=np.nanmax(matrix)) if log and (matrix > 0).any() else None
+    im = ax.imshow(np.where(matrix > 0, matrix, np.nan) if log else matrix, cmap="rocket_r", norm=norm, aspect="auto")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7, color="0.5")
+    ax.set_xticks(range(matrix.shape[1]))
+    ax.set_yticks(range(len(row_labels)), row_labels)
+    ax.set_xlabel("evaluated on layer")
+    ax.axhline(len(row_labels) - 1.5, color="k", lw=1)
+    fig.colorbar(im, ax=ax, label=label)
+    return fig
+
+
+def agreement(best_cos: np.ndarray, mean_layer: np.ndarray, n_layers: int) -> Figure:
+    """MLSAE latents' max decoder cosine similarity with each single-layer SAE ([sae layer, latent]),
+    averaged over MLSAE latents binned by their mean layer."""
+    ok = ~np.isnan(mean_layer)
+    bins = np.clip(np.round(mean_layer[ok]).astype(int), 0, n_layers - 1)
+    grid = np.array([[best_cos[s, ok][bins == b].mean() if (bins == b).any() else np.nan for b in range(n_layers)]
+                     for s in range(best_cos.shape[0])])
+    fig, ax = plt.subplots(figsize=(1.8 + 0.8 * n_layers, 1.2 + 0.6 * best_cos.shape[0]), constrained_layout=True)
+    im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
+    counts = [int((bins == b).sum()) for b in range(n_layers)]
+    ax.set_xticks(range(n_layers), [f"{b}\n({c})" for b, c in enumerate(counts)])
+    ax.set_yticks(range(best_cos.shape[0]))
+    ax.set_xlabel("MLSAE latents by nearest mean layer (count)")
+    ax.set_ylabel("single-layer SAE of layer")
+    fig.colorbar(im, ax=ax, label="mean max cosine similarity")
     return fig
