@@ -244,3 +244,41 @@ def test_repository_missing_on_the_hub(empty_hf_cache, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", not_found)
     with pytest.raises(ModelNotAvailableError, match="no repository"):
         load_model("some-org/does-not-exist")
+
+
+# ---- other architecture families (notebook 12) ------------------------------------------------------
+
+FAMILY_HUB_SHAPES = {
+    "gpt2-medium": ("openai-community/gpt2-medium", 24, 1024),
+    "gpt2-large": ("openai-community/gpt2-large", 36, 1280),
+    "tinyllama-1.1b": ("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", 22, 2048),
+    "llama-3.2-1b": ("meta-llama/Llama-3.2-1B", 16, 2048),
+}
+
+
+@pytest.mark.parametrize("name", list(FAMILY_HUB_SHAPES))
+def test_family_hub_models_resolve_with_known_shapes(name):
+    repo_id, n_layers, d_model = FAMILY_HUB_SHAPES[name]
+    assert resolve_model(name).repo_id_or_path == repo_id
+    for given in (name, repo_id):  # the paper preset names the Llama models by hub id
+        src = resolve_model(given)
+        assert src.kind == "hub" and src.shape == (n_layers, d_model) == model_shape(given)
+
+
+def test_family_hub_models_fail_fast_offline(empty_hf_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for repo_id in ("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", "meta-llama/Llama-3.2-1B", "gpt2-large"):
+        assert not is_available(repo_id)
+        t0 = time.perf_counter()
+        with pytest.raises(ModelNotAvailableError, match="HF_HUB_OFFLINE is set"):
+            load_model(repo_id)
+        assert time.perf_counter() - t0 < 5
+
+
+def test_zoo_rows_name_their_architecture():
+    rows = {r["name"]: r for r in list_models()}
+    for name, family in (("zoo-s", "GPT-NeoX"), ("zoo-gpt2-m", "GPT-2"), ("zoo-llama-s", "Llama"),
+                         ("micro-gpt2-s", "GPT-2"), ("micro-llama-m", "Llama"), ("micro-m", "GPT-NeoX")):
+        assert family in rows[name]["description"], rows[name]
+    assert (rows["zoo-llama-m"]["n_layers"], rows["zoo-llama-m"]["d_model"]) == (4, 128)
+    assert (rows["micro-gpt2-m"]["n_layers"], rows["micro-gpt2-m"]["d_model"]) == (3, 48)

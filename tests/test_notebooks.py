@@ -27,6 +27,13 @@ CI_PARAMETERS: dict[str, dict] = {
     "03_layer_variance": {"preset": "tiny"},
     "04_layer_heatmaps": {"preset": "tiny"},
     "05_residual_similarity": {"preset": "tiny"},
+    "06_sweeps": {"preset": "tiny"},
+    "07_tuned_lens": {"preset": "tiny"},
+    "08_decoder_geometry": {"preset": "tiny"},
+    "09_layer_statistics": {"preset": "tiny"},
+    "10_single_layer_baselines": {"preset": "tiny"},
+    "11_max_examples": {"preset": "tiny"},
+    "12_model_families": {"preset": "tiny"},
 }
 
 

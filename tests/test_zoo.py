@@ -143,3 +143,64 @@ def test_crash_leaves_nothing_and_broken_folders_are_rebuilt(micro_zoo_home, tmp
     path = ensure_zoo_model("micro-s", progress=False)
     assert json.loads((path / "zoo_report.json").read_text())["spec_digest"] == ZOO["micro-s"].digest()
     assert not [p for p in (home / "zoo").iterdir() if p.name.startswith(".micro-s")]
+
+
+# ---- architecture families (GPT-2, Llama) -----------------------------------------------------------
+
+FAMILY_MICRO = ("micro-gpt2-s", "micro-gpt2-m", "micro-llama-s", "micro-llama-m")
+
+
+def test_neox_digests_are_unchanged_by_the_arch_field():
+    # Built zoos live in users' caches under these digests: a change would force a retrain.
+    assert {n: ZOO[n].digest() for n in ("zoo-s", "zoo-m", "zoo-l", "micro-s", "micro-m", "micro-l")} == {
+        "zoo-s": "ebc39a2e065dc328", "zoo-m": "01e2c4f286bf8754", "zoo-l": "2f51578c2f4f6834",
+        "micro-s": "ecd5b783f2b202e2", "micro-m": "22b71d47be078f6c", "micro-l": "dd5c99d000f015b3",
+    }
+    assert all(ZOO[n].arch == "gpt-neox" for n in ("zoo-s", "zoo-m", "zoo-l", "micro-s", "micro-m", "micro-l"))
+
+
+def test_family_specs_mirror_their_neox_counterparts():
+    from dataclasses import replace
+
+    from mlsae.models import ZOO_NAMES
+
+    assert set(ZOO) == set(ZOO_NAMES)  # the static registry list knows every zoo model
+    digests = [s.digest() for s in ZOO.values()]
+    assert len(set(digests)) == len(digests)
+    for prefix in ("zoo", "micro"):
+        for size in ("s", "m"):
+            base = ZOO[f"{prefix}-{size}"]
+            for arch in ("gpt2", "llama"):
+                spec = ZOO[f"{prefix}-{arch}-{size}"]
+                assert spec.arch == arch and spec.corpus == base.corpus and spec.seed == base.seed
+                assert (spec.n_layers, spec.d_model, spec.n_heads) == (base.n_layers, base.d_model, base.n_heads)
+                assert spec.train_tokens <= base.train_tokens
+    assert ZOO["zoo-llama-s"].d_mlp == 176 and ZOO["zoo-llama-m"].d_mlp == 344 and ZOO["zoo-gpt2-m"].d_mlp == 512
+    with pytest.raises(ValueError, match="architecture"):
+        replace(ZOO["micro-s"], arch="mamba")
+
+
+@pytest.mark.slow
+def test_micro_family_models_train_beat_unigram_and_expose_residual_streams(micro_home):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, LlamaForCausalLM
+
+    from mlsae.activations import logits_from_layer, residual_streams
+
+    reports = build_zoo(list(FAMILY_MICRO), progress=False)
+    for name in FAMILY_MICRO:
+        spec, report = ZOO[name], reports[name]
+        path = ensure_zoo_model(name)
+        model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+        assert isinstance(model, GPT2LMHeadModel if spec.arch == "gpt2" else LlamaForCausalLM)
+        cfg = model.config
+        assert (cfg.num_hidden_layers, cfg.hidden_size) == (spec.n_layers, spec.d_model)
+        assert not cfg.tie_word_embeddings and model.lm_head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+        assert cfg.eos_token_id == cfg.bos_token_id == cfg.pad_token_id == tok.eos_token_id
+        assert report["spec_digest"] == spec.digest() and report["architecture"].startswith(type(model).__name__)
+        assert report["heldout_loss"] < 0.8 * report["unigram_loss"], report
+        ids = tok([IOI_PROMPT], return_tensors="pt").input_ids
+        resid = residual_streams(model, ids)
+        assert resid.shape == (spec.n_layers, 1, ids.shape[1], spec.d_model)
+        with torch.no_grad():
+            clean = model(input_ids=ids).logits
+        torch.testing.assert_close(logits_from_layer(model, spec.n_layers - 1, resid[-1], ids), clean)

@@ -5,8 +5,11 @@ Every model is loaded through ``transformers``' ``from_pretrained``. Names resol
 
 1. a registry short name: ``pythia-70m`` ... ``pythia-1.4b`` (the ``EleutherAI/pythia-*-deduped``
    checkpoints the paper used) and ``gpt2`` (``openai-community/gpt2``, also found in the cache
-   under its legacy id ``gpt2``);
-2. an offline zoo name (``zoo-s/m/l``, ``micro-s/m/l``): built on this machine by
+   under its legacy id ``gpt2``), and
+   ``gpt2-medium``, ``gpt2-large``, ``tinyllama-1.1b`` and ``llama-3.2-1b`` (other architecture
+   families; their hub ids also resolve with known shapes);
+2. an offline zoo name (``zoo-s/m/l``, ``micro-s/m/l`` in GPT-NeoX; ``zoo-gpt2-s/m``,
+   ``zoo-llama-s/m``, ``micro-gpt2-s/m``, ``micro-llama-s/m``): built on this machine by
    :mod:`mlsae.zoo` on first use;
 3. an existing local directory holding a ``save_pretrained`` model;
 4. any Hugging Face id of the form ``org/name``.
@@ -64,6 +67,12 @@ REGISTRY: dict[str, _Entry] = {
     "pythia-1b": _Entry("EleutherAI/pythia-1b-deduped", 16, 2048, "Pythia 1B (deduped), paper model"),
     "pythia-1.4b": _Entry("EleutherAI/pythia-1.4b-deduped", 24, 2048, "Pythia 1.4B (deduped), paper model"),
     "gpt2": _Entry("openai-community/gpt2", 12, 768, "GPT-2 small", aliases=("gpt2",)),
+    # Other architecture families (the model-family comparison, notebook 12).
+    "gpt2-medium": _Entry("openai-community/gpt2-medium", 24, 1024, "GPT-2 medium", aliases=("gpt2-medium",)),
+    "gpt2-large": _Entry("openai-community/gpt2-large", 36, 1280, "GPT-2 large", aliases=("gpt2-large",)),
+    "tinyllama-1.1b": _Entry("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", 22, 2048,
+                             "TinyLlama 1.1B (Llama architecture, 3T tokens)"),
+    "llama-3.2-1b": _Entry("meta-llama/Llama-3.2-1B", 16, 2048, "Llama 3.2 1B (gated on the hub: accept the licence first)"),
 }
 
 # Shapes of hub ids given directly (also the non-deduped Pythia runs, which share the shapes).
@@ -75,7 +84,11 @@ for _e in REGISTRY.values():
         _KNOWN_SHAPES[_e.repo_id[: -len("-deduped")].lower()] = (_e.n_layers, _e.d_model)
 
 # Offline zoo (mlsae.zoo); the list is static so that resolving a name never imports the zoo.
-ZOO_NAMES: tuple[str, ...] = ("zoo-s", "zoo-m", "zoo-l", "micro-s", "micro-m", "micro-l")
+ZOO_NAMES: tuple[str, ...] = (
+    "zoo-s", "zoo-m", "zoo-l", "micro-s", "micro-m", "micro-l",
+    "zoo-gpt2-s", "zoo-gpt2-m", "zoo-llama-s", "zoo-llama-m",
+    "micro-gpt2-s", "micro-gpt2-m", "micro-llama-s", "micro-llama-m",
+)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -130,6 +143,16 @@ def _zoo_shape(name: str) -> tuple[int, int] | None:
     return (n, d) if n is not None and d is not None else None
 
 
+def _zoo_family(name: str) -> str:
+    """Architecture family of a zoo model ("GPT-NeoX", "GPT-2", "Llama"), from its spec or its name."""
+    try:
+        from mlsae.zoo import FAMILY, ZOO
+
+        return FAMILY[ZOO[name].arch]
+    except Exception:  # noqa: BLE001 - zoo missing, stubbed or without the field: go by the name
+        return "GPT-2" if "-gpt2-" in name else "Llama" if "-llama-" in name else "GPT-NeoX"
+
+
 def list_models() -> list[dict]:
     """The registry as rows (name, kind, source, n_layers, d_model, description), for docs and notebooks."""
     rows = [
@@ -138,7 +161,9 @@ def list_models() -> list[dict]:
     ]
     for z in _zoo_names():
         shape = _zoo_shape(z) or (None, None)
-        desc = "offline zoo: GPT-NeoX trained here on generated text" if z.startswith("zoo-") else "offline micro model for tests/CI"
+        family = _zoo_family(z)
+        desc = (f"offline zoo: {family} trained here on generated text" if z.startswith("zoo-")
+                else f"offline micro model for tests/CI ({family})")
         rows.append(dict(name=z, kind="zoo", source="mlsae.zoo", n_layers=shape[0], d_model=shape[1], description=desc))
     return rows
 
