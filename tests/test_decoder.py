@@ -46,6 +46,8 @@ def test_pair_histograms_count_every_pair_once():
     np.testing.assert_allclose(h.joint_counts.sum(0).numpy(), h.cos_counts.numpy())
     ml = mean_layer[keep]
     dl = (ml[iu[0]] - ml[iu[1]]).abs()
+    by_row = h.mean_abs_cos_by_dlayer()
+    assert by_row.shape == (6,) and ((by_row >= 0) & (by_row <= 1)).all()
     np.testing.assert_allclose(h.joint_counts.sum(1).numpy(),
                                np.histogram(dl.numpy(), bins=6, range=(0, float(ml.max() - ml.min())))[0])
 

@@ -63,6 +63,13 @@ class PairHistograms:
     pairs: int
     latents: int
 
+    def mean_abs_cos_by_dlayer(self) -> Tensor:
+        """[n_dl]: mean |cosine| of the pairs in each band of mean-layer difference (NaN if empty).
+        Falling with the difference means latents that live at nearby layers share directions."""
+        centres = ((self.cos_edges[:-1] + self.cos_edges[1:]) / 2).abs()
+        rows = self.joint_counts.sum(1)
+        return (self.joint_counts * centres).sum(1) / torch.where(rows > 0, rows, torch.full_like(rows, float("nan")))
+
 
 def pair_histograms(vectors: Tensor, mean_layer: Tensor | None = None, *, cos_bins: int = 100,
                     dlayer_bins: int = 40, max_dlayer: float | None = None, chunk: int = CHUNK,

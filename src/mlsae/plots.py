@@ -283,12 +283,12 @@ def layer_statistics(stats: dict[str, LayerDistributions], min_share: float = 0.
         kw = dict(histtype="step", density=True, lw=1.3, label=f"{name} ({L} layers)")
         axes[0].hist((s.mean_layer[alive] / max(L - 1, 1)).numpy(), bins=40, range=(0, 1), **kw)
         axes[1].hist(s.distance_to_integer[alive].numpy(), bins=25, range=(0, 0.5), **kw)
-        n_act = s.active_layers(min_share)[alive].numpy()
-        axes[2].hist(n_act / L, bins=np.arange(0.5, L + 1) / L, **kw)
+        axes[2].hist(s.active_layers(min_share)[alive].numpy(), bins=np.arange(0.5, L + 1), **kw)
         axes[3].hist((s.entropy[alive] / np.log(L)).numpy(), bins=30, range=(0, 1), **kw)
     axes[0].set_xlabel("mean layer E[L | j] / (L - 1)")
     axes[1].set_xlabel("|E[L | j] - nearest integer|  (layers)")
-    axes[2].set_xlabel(f"layers with >= {min_share:.0%} of the firings / L")
+    axes[2].set_xlabel(f"layers with >= {min_share:.0%} of the latent's firings")
+    axes[2].xaxis.get_major_locator().set_params(integer=True)
     axes[3].set_xlabel("entropy of p(l | j) / log L")
     for ax in axes:
         ax.set_ylabel("density of latents")
@@ -298,7 +298,7 @@ def layer_statistics(stats: dict[str, LayerDistributions], min_share: float = 0.
 
 def pair_histograms(hist, title: str = "") -> Figure:
     """Histogram of pairwise decoder cosine similarity, and its 2-D histogram against the
-    difference in mean layer (log colour scale, with the mean cosine per row overlaid)."""
+    difference in mean layer (log colour scale, with the mean absolute cosine per row overlaid)."""
     from matplotlib.colors import LogNorm
 
     ce, de = hist.cos_edges.numpy(), hist.dlayer_edges.numpy()
@@ -309,10 +309,7 @@ def pair_histograms(hist, title: str = "") -> Figure:
     a.set_ylabel(f"pairs (of {hist.pairs:,})")
     joint = hist.joint_counts.numpy()
     im = b.pcolormesh(ce, de, np.where(joint > 0, joint, np.nan), norm=LogNorm(), cmap="magma", shading="flat")
-    centres = (ce[:-1] + ce[1:]) / 2
-    rows = joint.sum(1)
-    mean_cos = (joint * centres).sum(1) / np.where(rows > 0, rows, np.nan)
-    b.plot(mean_cos, (de[:-1] + de[1:]) / 2, color="cyan", lw=1.2, label="mean cosine per row")
+    b.plot(hist.mean_abs_cos_by_dlayer().numpy(), (de[:-1] + de[1:]) / 2, color="cyan", lw=1.2, label="mean |cosine| per row")
     b.set_xlabel("cosine similarity of decoder vectors")
     b.set_ylabel("|difference in mean layer|  (layers)")
     b.legend(fontsize=7, loc="upper right")
