@@ -231,13 +231,8 @@ class Experiment:
         from mlsae.analysis import LayerDistributions, layer_distributions
 
         path = self.out_dir / f"distributions-{self.analysis_tokens}{_layers_tag(layers)}.safetensors"
-        if path.exists():
-            return LayerDistributions.load(path)
-        model, tokenizer = self.lm
-        stats = layer_distributions(model, tokenizer, self.sae, self.batches(self.analysis_tokens), lens=self.lens,
-                                    layers=layers, progress=self.progress)
-        stats.save(path)
-        return stats
+        return _load_or_compute(path, LayerDistributions, lambda: layer_distributions(
+            *self.lm, self.sae, self.batches(self.analysis_tokens), lens=self.lens, layers=layers, progress=self.progress))
 
     def prompt_distribution(self, prompt: str = IOI_PROMPT):
         from mlsae.analysis import prompt_distribution
@@ -251,13 +246,9 @@ class Experiment:
         from mlsae.examples import MaxExamples, max_examples
 
         path = self.out_dir / f"examples-{self.analysis_tokens}-{n_examples}.safetensors"
-        if path.exists():
-            return MaxExamples.load(path)
-        model, tokenizer = self.lm
-        ex = max_examples(model, tokenizer, self.sae, self.batches(self.analysis_tokens), lens=self.lens,
-                          n_examples=n_examples, progress=self.progress)
-        ex.save(path)
-        return ex
+        return _load_or_compute(path, MaxExamples, lambda: max_examples(
+            *self.lm, self.sae, self.batches(self.analysis_tokens), lens=self.lens, n_examples=n_examples,
+            progress=self.progress))
 
     def geometry(self):
         """Adjacent-layer cosine similarity and norms of the residual stream (no SAE involved)."""
@@ -288,6 +279,15 @@ def series_models(exp: Experiment, models: list[str] | None = None) -> list[str]
         print(f"not on this machine, left out of the series: {', '.join(missing)}")
     present = [m for m in wanted if m not in missing]
     return sorted(present, key=lambda m: model_shape(m) or (0, 0))
+
+
+def _load_or_compute(path: Path, kind, compute):
+    """``kind.load(path)`` if a previous run saved it, else ``compute()``, saved (atomically) for next time."""
+    if path.exists():
+        return kind.load(path)
+    result = compute()
+    result.save(path)
+    return result
 
 
 def _layers_tag(layers: list[int] | None) -> str:

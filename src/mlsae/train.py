@@ -61,7 +61,7 @@ class TrainConfig:
     preset: str = "paper"
     # "unit": the paper's initialisation (unit-norm encoder rows, W_dec = W_enc^T). "fit": the same
     # directions, then the encoder scaled on the first batch (MLSAE.fit_encoder_scale_), which short
-    # runs at large k need; the sweeps use it. Left out of the cache key when "unit".
+    # runs need (the offline presets use it; see PRESETS). Left out of the cache key when "unit".
     encoder_init: str = "unit"
 
     def __post_init__(self):
