@@ -91,4 +91,140 @@ def test_save_load_round_trip(tmp_path):
     acc.stats.save(tmp_path / "d.safetensors")
     back = LayerDistributions.load(tmp_path / "d.safetensors")
     torch.testing.assert_close(back.counts, acc.stats.counts)
-    assert back.summary() == pytest.approx(acc.stats.summary())
+    assert back.summary() == pytest.approx(acc.stats.summary(), nan_ok=True)  # no full window: paper_* NaN
+
+
+# ---- the paper's estimator (PAPER.md §3b) and the honest token-weighted decomposition ---------------
+
+
+def _paper_dense(a: torch.Tensor, first_layer: int = 0) -> dict:
+    """A dense copy of the authors' ``Metric.update`` for one window ``a`` [layer, token, latent]."""
+    layers = torch.arange(a.shape[0], dtype=torch.float64) + first_layer
+
+    def V(x):
+        l = layers.view(-1, *([1] * (x.dim() - 1)))
+        return (l**2 * x).sum(0) - ((l * x).sum(0)) ** 2
+
+    probs = (a / a.sum(0)).nan_to_num(0.0)
+    e_f = V(probs.mean(1)).mean()
+    e_tf = V(probs).mean()
+    var_l = V(probs.mean((1, 2)))
+    return {"exp_var_l_f": float(e_f), "exp_var_l_tf": float(e_tf), "var_l": float(var_l),
+            "rel_var_f": float(e_f / var_l), "rel_var_t": float(e_tf / e_f)}
+
+
+def _paper_brute_force(a: torch.Tensor, window: int, first_layer: int = 0) -> dict:
+    rows = [_paper_dense(a[:, i:i + window], first_layer) for i in range(0, a.shape[1] - window + 1, window)]
+    out = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    out["ratio"], out["windows"] = 1 / out["rel_var_t"], len(rows)
+    return out
+
+
+@pytest.mark.parametrize("first_layer", [0, 1])
+def test_paper_estimator_matches_dense_copy_of_the_authors_code_per_window(first_layer):
+    values, indices = _random_topk(n_layers=5, n_tokens=70, n_latents=30, k=4, seed=11)
+    acc = LayerDistributionAccumulator(5, 30, window=16)
+    for lo, hi in ((0, 7), (7, 40), (40, 70)):  # batches that straddle window boundaries
+        acc.update(values[:, lo:hi], indices[:, lo:hi])
+    got = acc.stats.paper_windows(first_layer)
+    want = _paper_brute_force(_dense(values, indices, 30), 16, first_layer)
+    assert got["windows"] == want["windows"] == 4  # 70 tokens: four full windows, the trailing 6 dropped
+    for key in ("exp_var_l_tf", "exp_var_l_f", "var_l", "rel_var_f", "rel_var_t", "ratio"):
+        assert got[key] == pytest.approx(want[key], rel=1e-9), key
+
+
+@pytest.mark.parametrize("first_layer", [0, 1])
+def test_paper_whole_set_matches_dense_and_factorises_into_honest_ratio_times_mu2_factor(first_layer):
+    values, indices = _random_topk(n_layers=4, n_tokens=60, n_latents=25, k=3, seed=2)
+    acc = LayerDistributionAccumulator(4, 25)
+    acc.update(values, indices)
+    s = acc.stats
+    a = _dense(values, indices, 25)
+    want = _paper_dense(a, first_layer)
+    got = s.paper_whole_set(first_layer)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-9), key
+    # the exact identity: paper ratio = q-weighted honest ratio * (1 + E[q(1-q)mu^2] / E[q sigma^2])
+    honest = s.token_weighted_summary(first_layer)
+    assert got["ratio"] == pytest.approx(honest["q_weighted_ratio"] * honest["mu2_factor"], rel=1e-9)
+    # and the token-weighted pieces against their dense definitions
+    mass = a.sum(0)  # [T, J]
+    firing = mass > 0
+    p = (a / mass).nan_to_num(0.0)
+    l = torch.arange(4, dtype=torch.float64)
+    q = firing.double().mean(0)
+    r = p.sum(1) / firing.sum(0).clamp_min(1)  # [L, J]: token-weighted distribution
+    mu = (l[:, None] * r).sum(0)
+    sigma2 = (l[:, None] ** 2 * r).sum(0) - mu**2
+    per_token = (l[:, None, None] ** 2 * p).sum(0) - ((l[:, None, None] * p).sum(0)) ** 2
+    vbar = (per_token * firing).sum(0) / firing.sum(0).clamp_min(1)
+    w = s.token_weighted(first_layer)
+    alive = firing.any(0)
+    torch.testing.assert_close(w["q"], q)
+    torch.testing.assert_close(w["mu"][alive], mu[alive] + first_layer)
+    torch.testing.assert_close(w["sigma2"][alive], sigma2[alive])
+    torch.testing.assert_close(w["vbar"][alive], vbar[alive])
+    assert honest["q_weighted_ratio"] == pytest.approx(float((q * sigma2).sum() / (q * vbar).sum()), rel=1e-9)
+
+
+def test_honest_estimators_are_invariant_to_numbering_the_layers_and_the_paper_one_is_not():
+    values, indices = _random_topk(n_layers=6, n_tokens=64, n_latents=20, k=3, seed=7)
+    acc = LayerDistributionAccumulator(6, 20, window=32)
+    acc.update(values, indices)
+    s = acc.stats
+    h0, h1 = s.token_weighted_summary(0), s.token_weighted_summary(1)
+    assert h0["q_weighted_ratio"] == pytest.approx(h1["q_weighted_ratio"], rel=1e-12)
+    assert h0["aggregate_var_token_weighted"] == pytest.approx(h1["aggregate_var_token_weighted"], rel=1e-12)
+    torch.testing.assert_close(s.token_weighted(1)["mu"], s.token_weighted(0)["mu"] + 1, equal_nan=True)
+    # ... while the paper's ratio moves (non-firing tokens count as mass at layer "0", wherever that is)
+    assert s.paper_windows(1)["ratio"] != pytest.approx(s.paper_windows(0)["ratio"], rel=1e-3)
+    assert s.paper_whole_set(1)["ratio"] != pytest.approx(s.paper_whole_set(0)["ratio"], rel=1e-3)
+    # the per-token term does not depend on the numbering (each firing column sums to one)
+    assert s.paper_windows(1)["exp_var_l_tf"] == pytest.approx(s.paper_windows(0)["exp_var_l_tf"])
+
+
+def test_closed_forms_one_layer_latent_and_uniform_latent():
+    n_layers, T = 5, 40
+    # latent 0 fires at layer 3 on a fraction q = 1/4 of the tokens; latent 1 fires at every layer
+    # equally on every token; latent 2 never fires.
+    values = torch.zeros(n_layers, T, 2)
+    indices = torch.zeros(n_layers, T, 2, dtype=torch.long)
+    indices[..., 1] = 1
+    values[..., 1] = 2.0
+    for t in range(0, T, 4):
+        values[3, t, 0] = 1.5
+    acc = LayerDistributionAccumulator(n_layers, 3, window=T)
+    acc.update(values, indices)
+    s = acc.stats
+    uniform_var = (n_layers**2 - 1) / 12
+    w = s.token_weighted()
+    q = 0.25
+    assert float(w["q"][0]) == q and float(w["q"][1]) == 1.0 and float(w["q"][2]) == 0.0
+    assert float(w["mu"][0]) == 3 and float(w["sigma2"][0]) == 0 and float(w["vbar"][0]) == 0
+    assert float(w["mu"][1]) == pytest.approx(2) and float(w["sigma2"][1]) == pytest.approx(uniform_var)
+    assert float(w["vbar"][1]) == pytest.approx(uniform_var)
+    assert float(s.var_layer[0]) == 0 and float(s.var_layer[1]) == pytest.approx(uniform_var)
+    # the paper's terms, in closed form: V(M_0) = q (1 - q) * 3^2 (a pure layer-0 artefact), V(M_1) = uniform_var
+    paper = s.paper_windows(0)
+    assert paper["exp_var_l_f"] == pytest.approx((q * (1 - q) * 9 + uniform_var) / 3)
+    assert paper["exp_var_l_tf"] == pytest.approx(uniform_var / 3)  # only latent 1's pairs have variance
+    assert paper["ratio"] == pytest.approx(1 + q * (1 - q) * 9 / uniform_var)
+    # the honest q-weighted ratio is exactly 1: no latent moves between layers from token to token
+    assert s.token_weighted_summary()["q_weighted_ratio"] == pytest.approx(1.0)
+    # today's ratio weighs latents equally but pairs by frequency: (uv / 2) / (40 uv / 50) = 0.625
+    assert s.summary()["variance_ratio"] == pytest.approx((uniform_var / 2) / (40 * uniform_var / 50))
+
+
+def test_paper_estimator_survives_save_and_load(tmp_path):
+    values, indices = _random_topk(n_tokens=80, seed=9)
+    acc = LayerDistributionAccumulator(4, 40, window=32)
+    acc.update(values, indices)
+    acc.stats.save(tmp_path / "d.safetensors")
+    back = LayerDistributions.load(tmp_path / "d.safetensors")
+    assert back.window == 32 and back.paper_tf.shape == (2,)
+    assert back.summary() == pytest.approx(acc.stats.summary(), nan_ok=True)
+
+
+def test_window_must_be_positive():
+    with pytest.raises(ValueError, match="window"):
+        LayerDistributionAccumulator(2, 3, window=0)

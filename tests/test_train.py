@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from mlsae.metrics import evaluate
 from mlsae.models import load_model
 from mlsae.sae import MLSAE
-from mlsae.train import TrainConfig, config_from_preset, train
+from mlsae.train import TrainConfig, config_from_preset, train, train_many
 
 WORDS = "when mary and john went to the store gave a drink to the cat sat on mat dog ran fast".split()
 
@@ -177,3 +177,41 @@ def test_checkpoint_for_another_model_width_is_rejected(tiny_model_dir, text_dir
     wrong = MLSAE(SAEConfig(d_model=48, n_latents=96, k=4))
     with pytest.raises(ValueError, match="d_model"):
         check_sae_matches_model(wrong, model)
+
+
+def test_many_saes_from_one_model_pass_equal_each_trained_alone(tiny_model_dir, text_dir, tmp_path, monkeypatch):
+    """train_many: MLSAE, a single-layer SAE and another R/k on one stream; bit-identical to train()."""
+    import mlsae.train as train_module
+
+    short = dict(max_tokens=16 * 4 * 12)
+    cfgs = [_cfg(tiny_model_dir, text_dir, **short), _cfg(tiny_model_dir, text_dir, layers=[1], **short),
+            _cfg(tiny_model_dir, text_dir, expansion_factor=2, k=2, lr=1e-3, **short)]
+    alone = [train(c, tmp_path / f"alone{i}", progress=False) for i, c in enumerate(cfgs)]
+    passes = []
+    real = train_module.residual_batches
+
+    def counting(*args, **kwargs):
+        passes.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "residual_batches", counting)
+    together = train_many(cfgs, [tmp_path / f"together{i}" for i in range(3)], progress=False)
+    assert len(passes) == 1  # one pass of the language model for all three
+    for a, b in zip(alone, together):
+        assert a.steps == b.steps == 12 and a.tokens == b.tokens
+        for (name, p), q in zip(a.sae.state_dict().items(), b.sae.state_dict().values()):
+            assert torch.equal(p, q), name
+        assert [m["loss"] for m in a.metrics] == [m["loss"] for m in b.metrics]
+    assert together[1].sae.cfg.layers == [1]
+    summary = json.loads((tmp_path / "together0" / "train_summary.json").read_text())
+    assert summary["wall_seconds"] > 0 and summary["seconds"] > 0
+
+
+def test_train_many_refuses_configurations_that_do_not_share_a_stream(tiny_model_dir, text_dir, tmp_path):
+    cfgs = [_cfg(tiny_model_dir, text_dir), _cfg(tiny_model_dir, text_dir, seq_len=8)]
+    with pytest.raises(ValueError, match="seq_len"):
+        train_many(cfgs, [tmp_path / "a", tmp_path / "b"], progress=False)
+    bad = [_cfg(tiny_model_dir, text_dir), _cfg(tiny_model_dir, text_dir, k=10_000)]
+    with pytest.raises(ValueError, match="k"):
+        train_many(bad, [tmp_path / "a", tmp_path / "b"], progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

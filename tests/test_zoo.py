@@ -18,19 +18,55 @@ MICRO = ("micro-s", "micro-m", "micro-l")
 
 
 def test_zoo_specs_grow_in_depth_and_width():
-    for names in (DEFAULT_ZOO, MICRO):
+    # zoo-xl extends the default series in depth only: zoo-m's width at 12 layers (pythia-160m's depth)
+    for names in (DEFAULT_ZOO[:3], MICRO):
         specs = [ZOO[n] for n in names]
         assert [s.n_layers for s in specs] == sorted({s.n_layers for s in specs})  # strictly increasing
         assert [s.d_model for s in specs] == sorted({s.d_model for s in specs})
         assert all(s.d_model % s.n_heads == 0 for s in specs)
+    depths = [ZOO[n].n_layers for n in DEFAULT_ZOO]
+    assert depths == sorted(set(depths)) and depths[0] == 2 and depths[-1] == 12
+    xl, m = ZOO["zoo-xl"], ZOO["zoo-m"]
+    assert (xl.d_model, xl.n_heads, xl.corpus) == (m.d_model, m.n_heads, m.corpus)
+
+
+def test_seed_replicas_differ_from_their_model_only_in_seed_and_name():
+    from dataclasses import replace
+
+    from mlsae.zoo import SPREAD_SEEDS
+
+    for base in DEFAULT_ZOO:
+        for seed in SPREAD_SEEDS:
+            replica = ZOO[f"{base}-seed{seed}"]
+            assert replica == replace(ZOO[base], name=replica.name, seed=seed) and seed != ZOO[base].seed
+            assert replica.digest() != ZOO[base].digest()
+
+
+@pytest.mark.slow
+def test_zoo_trainer_uses_a_fixed_thread_count_whatever_the_caller_set(micro_home, tmp_path):
+    from safetensors.torch import load_file
+
+    from mlsae.zoo import ZOO_THREADS
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        report = train_zoo_model("micro-s", tmp_path / "a", progress=False)
+        assert torch.get_num_threads() == 1  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
+    assert report["torch_threads"] == ZOO_THREADS
+    # ... so the weights equal the zoo's own copy, trained by the fixture at the process's thread count
+    wa, wz = load_file(tmp_path / "a" / "model.safetensors"), load_file(micro_home / "zoo" / "micro-s" / "model.safetensors")
+    assert all(torch.equal(wa[k], wz[k]) for k in wa)
     assert {s.corpus for s in ZOO.values()} == {"default", "micro"}
     assert all(ZOO[n].corpus == "default" for n in DEFAULT_ZOO) and all(ZOO[n].corpus == "micro" for n in MICRO)
 
 
 def test_unknown_names_are_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("MLSAE_HOME", str(tmp_path))
-    with pytest.raises(ValueError, match=r"'zoo-xl'.*zoo-s.*micro-l"):
-        ensure_zoo_model("zoo-xl")
+    with pytest.raises(ValueError, match=r"'zoo-xxl'.*zoo-s.*micro-l"):
+        ensure_zoo_model("zoo-xxl")
     with pytest.raises(ValueError, match="nope"):
         build_zoo(["micro-s", "nope"])
     with pytest.raises(ValueError, match="nope"):
@@ -151,12 +187,16 @@ FAMILY_MICRO = ("micro-gpt2-s", "micro-gpt2-m", "micro-llama-s", "micro-llama-m"
 
 
 def test_neox_digests_are_unchanged_by_the_arch_field():
-    # Built zoos live in users' caches under these digests: a change would force a retrain.
+    # Built zoos live in users' caches under these digests: a change forces a retrain. zoo-m's changed
+    # on purpose when it went from 2M to 3M training tokens (was 01e2c4f286bf8754); the family models
+    # built beside it keep theirs.
     assert {n: ZOO[n].digest() for n in ("zoo-s", "zoo-m", "zoo-l", "micro-s", "micro-m", "micro-l")} == {
-        "zoo-s": "ebc39a2e065dc328", "zoo-m": "01e2c4f286bf8754", "zoo-l": "2f51578c2f4f6834",
+        "zoo-s": "ebc39a2e065dc328", "zoo-m": "46f10f25f82868d2", "zoo-l": "2f51578c2f4f6834",
         "micro-s": "ecd5b783f2b202e2", "micro-m": "22b71d47be078f6c", "micro-l": "dd5c99d000f015b3",
     }
     assert all(ZOO[n].arch == "gpt-neox" for n in ("zoo-s", "zoo-m", "zoo-l", "micro-s", "micro-m", "micro-l"))
+    assert {n: ZOO[n].digest() for n in ("zoo-gpt2-m", "zoo-llama-m")} == {
+        "zoo-gpt2-m": "5b339064dfd1ac39", "zoo-llama-m": "b87fa4c06e7532f4"}
 
 
 def test_family_specs_mirror_their_neox_counterparts():

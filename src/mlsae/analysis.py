@@ -14,13 +14,36 @@ Notation (PAPER.md §3): ``a[l, t, j]`` is the post-ReLU activation of latent ``
   (dead latents excluded). The activation-weighted numerator (each pair weighted by
   ``sum_l a[l, t, j]``) is reported too.
 
+The paper's own estimator (PAPER.md §3b; the authors' ``mlsae/analysis/variances.py``) is not a
+ratio of the variances above, and it is computed here too, exactly, next to the honest ones. Per
+window of ``window`` consecutive analysed tokens (default 2048, one of their sequences), over **all**
+``T * F`` (token, latent) pairs, with ``P[l, t, j] = a[l, t, j] / sum_l a[l, t, j]`` (0/0 := 0) and
+``V(x) = sum_l l^2 x_l - (sum_l l x_l)^2`` applied even where ``sum_l x_l != 1``:
+
+* ``exp_var_l_tf`` = mean over all pairs of ``V(P[:, t, j])`` (pairs that never fire count as 0);
+* ``exp_var_l_f`` = mean over all latents of ``V(M[:, j])``, ``M[l, j] = (1/T) sum_t P[l, t, j]``;
+* ``var_l = V(mean_{t,j} P)``; ``rel_var_f = exp_var_l_f / var_l``; ``rel_var_t = exp_var_l_tf / exp_var_l_f``;
+
+each per window, then the mean over windows (a trailing partial window is dropped, as their
+fixed-shape batches never have one). Their headline, "two orders of magnitude", is ``1 / rel_var_t``.
+``M[:, j]`` sums to the firing fraction ``q_j``, so ``V(M[:, j]) = q_j sigma_j^2 + q_j (1 - q_j) mu_j^2``
+with ``mu_j, sigma_j^2`` the mean and variance of the *token-weighted* distribution
+``r_j = M[:, j] / q_j``: a token on which ``j`` does not fire counts as mass at layer 0. Hence, over the
+whole set, exactly::
+
+    paper ratio = [E_j q_j sigma_j^2 / E_j q_j vbar_j] * [1 + E_j q_j (1 - q_j) mu_j^2 / E_j q_j sigma_j^2]
+                =  q-weighted honest ratio           *  the "mu^2 factor"
+
+(``vbar_j`` = mean over the tokens where ``j`` fires of ``Var(L | t, j)``). The honest ratios are
+invariant to renumbering the layers; the paper's is not (``first_layer`` 0 vs 1 is reported).
+
 Everything streams from the SAE's sparse top-k output ``[layer, token, k]``: the only dense
 arrays are ``[layer, n_latents]``; no ``[layer, token, n_latents]`` tensor is ever built.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -31,6 +54,31 @@ from tqdm.auto import tqdm
 from mlsae.activations import check_layers, residual_batches
 from mlsae.lens import ResidualLens, sae_inputs
 from mlsae.sae import MLSAE
+
+
+PAPER_WINDOW = 2048  # tokens per window of the paper's estimator: one of their 2048-token sequences
+FIRST_LAYERS = (0, 1)  # layer numberings the paper's estimator is computed under (0: theirs)
+
+
+def layer_variance(s0: Tensor, s1: Tensor, s2: Tensor, first_layer: float = 0.0, normalise: bool = True) -> Tensor:
+    """Variance over layers from the moments ``s_n = sum_l l^n x_l`` (layers numbered from 0).
+
+    ``normalise=True``: the variance of the distribution ``x / sum x`` (honest; ``first_layer`` has no
+    effect). ``normalise=False``: the paper's ``V(x) = sum_l l^2 x_l - (sum_l l x_l)^2`` with the layers
+    numbered from ``first_layer``, applied to ``x`` as it is, even where ``sum_l x_l != 1``.
+    """
+    c = first_layer
+    m1, m2 = s1 + c * s0, s2 + 2 * c * s1 + c * c * s0
+    if normalise:
+        mean = m1 / s0
+        return m2 / s0 - mean**2
+    return m2 - m1**2
+
+
+def _moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``sum_l l^n x[l, ...]`` for n = 0, 1, 2 over the first (layer) axis."""
+    l = torch.arange(x.shape[0], dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    return x.sum(0), (l * x).sum(0), (l * l * x).sum(0)
 
 
 @dataclass
@@ -45,7 +93,15 @@ class LayerDistributions:
     token_pairs: int = 0
     tokens: int = 0
     single_layer_pairs: int = 0  # pairs (t, j) active at exactly one layer
-    extra: dict = field(default_factory=dict)
+    # Token-weighted statistics (None when built from counts and totals alone):
+    p_sum: Tensor | None = None  # [layer, latent]: sum_t p(l | t, j) = T * M[l, j] over the whole set
+    fire_tokens: Tensor | None = None  # [latent]: tokens on which j fires at one layer or more (T * q_j)
+    latent_token_var_sum: Tensor | None = None  # [latent]: sum over those tokens of Var(L | t, j)
+    # The paper's estimator per complete window of `window` tokens (module docstring):
+    window: int = PAPER_WINDOW
+    paper_tf: Tensor | None = None  # [window_index]: exp_var_l_tf (the same under every numbering)
+    paper_f: Tensor | None = None  # [numbering, window_index]: exp_var_l_f, layers numbered from FIRST_LAYERS
+    paper_var: Tensor | None = None  # [numbering, window_index]: var_l
 
     @property
     def n_layers(self) -> int:
@@ -128,7 +184,80 @@ class LayerDistributions:
             "token_pairs": self.token_pairs,
             "single_layer_pair_fraction": self.single_layer_pairs / self.token_pairs if self.token_pairs else float("nan"),
             "mean_active_layers": float(self.n_active_layers[alive].double().mean()) if alive.any() else float("nan"),
+            **self.token_weighted_summary(),
+            **self.paper_summary(),
         }
+
+    # ---- the token-weighted (honest) decomposition and the paper's estimator -------------------
+
+    def token_weighted(self, first_layer: float = 0.0) -> dict[str, Tensor]:
+        """Per latent [latent]: firing fraction ``q``, mean ``mu`` and variance ``sigma2`` of the
+        token-weighted distribution over layers ``r_j = M[:, j] / q_j``, and ``vbar``, the mean per-token
+        variance over the tokens where ``j`` fires (NaN where ``j`` never fires)."""
+        if self.p_sum is None:
+            raise ValueError("these statistics were built without per-token sums; recompute them with layer_distributions()")
+        s0, s1, s2 = _moments(self.p_sum)
+        n = self.fire_tokens.clamp_min(1)
+        nan = torch.full_like(s0, float("nan"))
+        fired = self.fire_tokens > 0
+        mu = torch.where(fired, s1 / s0.clamp_min(1e-300) + first_layer, nan)
+        sigma2 = torch.where(fired, layer_variance(s0, s1, s2).clamp_min(0), nan)
+        return {"q": self.fire_tokens / max(self.tokens, 1), "mu": mu, "sigma2": sigma2,
+                "vbar": torch.where(fired, self.latent_token_var_sum / n, nan)}
+
+    def token_weighted_summary(self, first_layer: float = 0.0) -> dict:
+        """Honest, shift-invariant ratios, and the factor that turns the q-weighted one into the paper's."""
+        if self.p_sum is None:
+            return {}
+        w = self.token_weighted(first_layer)
+        fired = self.fire_tokens > 0
+        q, mu, sigma2, vbar = (w[k][fired] for k in ("q", "mu", "sigma2", "vbar"))
+        q_sigma2, q_vbar = float((q * sigma2).sum()), float((q * vbar).sum())
+        q_mu2 = float((q * (1 - q) * mu**2).sum())
+        ratio = q_sigma2 / q_vbar if q_vbar > 0 else float("inf")
+        factor = 1 + q_mu2 / q_sigma2 if q_sigma2 > 0 else float("nan")
+        return {
+            "aggregate_var_token_weighted": float(sigma2.mean()) if fired.any() else float("nan"),  # E_j[sigma_j^2]
+            "q_weighted_ratio": ratio,  # E_j[q_j sigma_j^2] / E_j[q_j vbar_j]
+            "mu2_factor": factor,  # 1 + E_j[q_j (1 - q_j) mu_j^2] / E_j[q_j sigma_j^2]
+        }
+
+    def paper_whole_set(self, first_layer: float = 0.0) -> dict:
+        """The paper's estimator with the whole analysed set as one window (no per-window mean)."""
+        if self.p_sum is None or self.tokens == 0:
+            return {}
+        n_latents = self.p_sum.shape[1]
+        m = self.p_sum / self.tokens  # M [layer, latent]
+        exp_f = float(layer_variance(*_moments(m), first_layer, normalise=False).mean())
+        exp_tf = self.token_var_sum / (self.tokens * n_latents)
+        var_l = float(layer_variance(*_moments(m.mean(1)), first_layer, normalise=False))
+        return {"exp_var_l_tf": exp_tf, "exp_var_l_f": exp_f, "var_l": var_l, "rel_var_f": exp_f / var_l,
+                "rel_var_t": exp_tf / exp_f, "ratio": exp_f / exp_tf if exp_tf > 0 else float("inf")}
+
+    def paper_windows(self, first_layer: int = 0) -> dict:
+        """The paper's estimator as their code reports it: per window, then the mean over windows."""
+        if self.paper_tf is None or self.paper_tf.numel() == 0:
+            return {"windows": 0}
+        i = FIRST_LAYERS.index(first_layer)
+        tf, f, v = self.paper_tf, self.paper_f[i], self.paper_var[i]
+        rel_t = (tf / f).mean()
+        return {"windows": int(tf.numel()), "exp_var_l_tf": float(tf.mean()), "exp_var_l_f": float(f.mean()),
+                "var_l": float(v.mean()), "rel_var_f": float((f / v).mean()), "rel_var_t": float(rel_t),
+                "ratio": float(1 / rel_t)}
+
+    def paper_summary(self) -> dict:
+        """Flat keys for tables: ``paper_*`` at ``window`` tokens (layers from 0, as the paper), and its
+        sensitivity to the window (``_whole``: one window of every token) and to numbering from 1."""
+        if self.p_sum is None:
+            return {}
+        win, win1 = self.paper_windows(0), self.paper_windows(1)
+        whole, whole1 = self.paper_whole_set(0), self.paper_whole_set(1)
+        out = {f"paper_{k}": v for k, v in win.items()}
+        out.update(paper_window=self.window, paper_ratio_from1=win1.get("ratio", float("nan")),
+                   paper_ratio_whole=whole.get("ratio", float("nan")),
+                   paper_ratio_whole_from1=whole1.get("ratio", float("nan")))
+        out.setdefault("paper_ratio", float("nan"))
+        return out
 
     def save(self, path: Path) -> None:
         """counts and totals as safetensors, the scalar sums in the metadata."""
@@ -138,9 +267,9 @@ class LayerDistributions:
 
         from mlsae.paths import atomic_write_bytes
 
-        meta = {k: json.dumps(getattr(self, k)) for k in (
-            "token_var_sum", "token_var_weighted_sum", "token_weight_sum", "token_pairs", "tokens", "single_layer_pairs", "extra")}
-        atomic_write_bytes(Path(path), save({"counts": self.counts.contiguous(), "totals": self.totals.contiguous()}, metadata=meta))
+        meta = {k: json.dumps(getattr(self, k)) for k in _SCALARS}
+        tensors = {k: getattr(self, k).contiguous() for k in _TENSORS if getattr(self, k) is not None}
+        atomic_write_bytes(Path(path), save(tensors, metadata=meta))
 
     @classmethod
     def load(cls, path: Path) -> "LayerDistributions":
@@ -149,22 +278,62 @@ class LayerDistributions:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            meta = {k: json.loads(v) for k, v in f.metadata().items()}
-            return cls(counts=f.get_tensor("counts"), totals=f.get_tensor("totals"), **meta)
+            meta = {k: json.loads(v) for k, v in f.metadata().items() if k in _SCALARS}
+            return cls(**{k: f.get_tensor(k) for k in f.keys()}, **meta)
+
+
+_SCALARS = ("token_var_sum", "token_var_weighted_sum", "token_weight_sum", "token_pairs", "tokens",
+            "single_layer_pairs", "window")
+_TENSORS = ("counts", "totals", "p_sum", "fire_tokens", "latent_token_var_sum", "paper_tf", "paper_f", "paper_var")
+
+
+# The headline under each estimator, for tables (notebooks 03, 06, 07, 12 and the README): summary key -> column.
+HEADLINE_COLUMNS = {
+    "variance_ratio": "honest ratio",  # E_j[Var(L|j)] (activation-weighted p(l|j)) / E_tj[Var(L|t,j)] over firing pairs
+    "q_weighted_ratio": "q-weighted ratio",  # E_j[q sigma^2] / E_j[q vbar]: the honest part of the paper's number
+    "mu2_factor": "mu2 factor",  # 1 + E_j[q(1-q) mu^2] / E_j[q sigma^2]: what numbering from layer 0 adds
+    "paper_ratio_whole": "paper, whole set",  # = q-weighted ratio * mu2 factor, exactly
+    "paper_ratio": "paper, windows",  # the authors' code as they ran it (1 / mean rel_var_t), `paper_window` tokens each
+    "paper_ratio_from1": "paper, windows, layers from 1",
+}
+
+
+def headline_row(summary: dict) -> dict:
+    """The headline columns of one :meth:`LayerDistributions.summary`."""
+    return {col: summary.get(key, float("nan")) for key, col in HEADLINE_COLUMNS.items()}
 
 
 class LayerDistributionAccumulator:
-    """Streams sparse top-k activations into :class:`LayerDistributions`."""
+    """Streams sparse top-k activations into :class:`LayerDistributions`.
 
-    def __init__(self, n_layers: int, n_latents: int):
+    Tokens are taken in the order given; every ``window`` of them closes one window of the paper's
+    estimator (see the module docstring).
+    """
+
+    def __init__(self, n_layers: int, n_latents: int, window: int = PAPER_WINDOW):
+        if window <= 0:
+            raise ValueError(f"window must be a positive number of tokens, got {window}")
         self.n_latents = n_latents
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
         self.stats = LayerDistributions(
-            counts=torch.zeros(n_layers, n_latents, dtype=torch.float64),
-            totals=torch.zeros(n_layers, n_latents, dtype=torch.float64),
+            counts=zeros(n_layers, n_latents), totals=zeros(n_layers, n_latents), p_sum=zeros(n_layers, n_latents),
+            fire_tokens=zeros(n_latents), latent_token_var_sum=zeros(n_latents), window=window,
+            paper_tf=zeros(0), paper_f=zeros(len(FIRST_LAYERS), 0), paper_var=zeros(len(FIRST_LAYERS), 0),
         )
+        self._win_p = zeros(n_layers, n_latents)  # sum_t P[l, t, j] over the open window
+        self._win_var, self._win_tokens = 0.0, 0
 
     def update(self, values: Tensor, indices: Tensor) -> None:
         """``values``, ``indices``: [layer, token, k] from the SAE's top-k encoder."""
+        start, n_tokens = 0, values.shape[1]
+        while start < n_tokens:  # split at window boundaries
+            take = min(n_tokens - start, self.stats.window - self._win_tokens)
+            self._update(values[:, start:start + take], indices[:, start:start + take])
+            start += take
+            if self._win_tokens == self.stats.window:
+                self._close_window()
+
+    def _update(self, values: Tensor, indices: Tensor) -> None:
         n_layers, n_tokens, k = values.shape
         s = self.stats
         values = values.detach().double().cpu()
@@ -185,26 +354,50 @@ class LayerDistributionAccumulator:
         s1 = torch.zeros_like(s0).index_add_(0, inv, a * l)
         s2 = torch.zeros_like(s0).index_add_(0, inv, a * l * l)
         n_at = torch.zeros_like(s0).index_add_(0, inv, torch.ones_like(a))
-        var = (s2 / s0 - (s1 / s0) ** 2).clamp_min(0)
+        var = layer_variance(s0, s1, s2).clamp_min(0)
         s.token_var_sum += float(var.sum())
         s.token_var_weighted_sum += float((var * s0).sum())
         s.token_weight_sum += float(s0.sum())
         s.token_pairs += len(uniq)
         s.single_layer_pairs += int((n_at == 1).sum())
 
+        # Token-weighted sums: p(l | t, j) of every firing entry, and per-latent token counts/variances.
+        latent = uniq % self.n_latents
+        p = a / s0[inv]
+        s.p_sum.view(-1).index_add_(0, flat, p)
+        s.fire_tokens.index_add_(0, latent, torch.ones_like(s0))
+        s.latent_token_var_sum.index_add_(0, latent, var)
+        self._win_p.view(-1).index_add_(0, flat, p)
+        self._win_var += float(var.sum())
+        self._win_tokens += n_tokens
+
+    def _close_window(self) -> None:
+        """One window of the paper's estimator, exactly as their ``Metric.update``."""
+        s, t = self.stats, self._win_tokens
+        m = self._win_p / t  # M [layer, latent]
+        tf = torch.tensor([self._win_var / (t * self.n_latents)], dtype=torch.float64)
+        f = torch.tensor([[float(layer_variance(*_moments(m), c, normalise=False).mean())] for c in FIRST_LAYERS],
+                         dtype=torch.float64)
+        v = torch.tensor([[float(layer_variance(*_moments(m.mean(1)), c, normalise=False))] for c in FIRST_LAYERS],
+                         dtype=torch.float64)
+        s.paper_tf, s.paper_f, s.paper_var = torch.cat([s.paper_tf, tf]), torch.cat([s.paper_f, f], 1), torch.cat([s.paper_var, v], 1)
+        self._win_p.zero_()
+        self._win_var, self._win_tokens = 0.0, 0
+
 
 @torch.no_grad()
 def layer_distributions(
     model, tokenizer, sae: MLSAE, batches: Iterable[Tensor], *, lens: ResidualLens | None = None,
-    layers: list[int] | None = None, progress: bool = True
+    layers: list[int] | None = None, progress: bool = True, window: int = PAPER_WINDOW
 ) -> LayerDistributions:
     """Distributions over layers of every latent, streamed over ``batches`` of input ids.
 
     ``layers``: where to apply the SAE (default: the layers it was trained on). Passing every layer
-    for a single-layer SAE gives the paper's multi-layer figures for the baselines.
+    for a single-layer SAE gives the paper's multi-layer figures for the baselines. ``window``: tokens
+    per window of the paper's estimator.
     """
     layers = _sae_layers(sae, model) if layers is None else check_layers(layers, model.config.num_hidden_layers)
-    acc = LayerDistributionAccumulator(len(layers), sae.cfg.n_latents)
+    acc = LayerDistributionAccumulator(len(layers), sae.cfg.n_latents, window=window)
     for values, indices in _latents(model, tokenizer, sae, batches, layers, lens, progress):
         acc.update(values, indices)
     return acc.stats

@@ -34,7 +34,7 @@ NOTEBOOK_PRESETS: dict[str, dict] = {
                   "Llama": ["micro-llama-s", "micro-llama-m"]},
     ),
     "default": dict(
-        train="default", model="zoo-m", models=["zoo-s", "zoo-m", "zoo-l"], expansion_factor=16,
+        train="default", model="zoo-m", models=["zoo-s", "zoo-m", "zoo-l", "zoo-xl"], expansion_factor=16,
         eval_tokens=32_768, analysis_tokens=262_144, seq_len=128, batch_size=32, lens_tokens=400_000,
         sweep=dict(model="zoo-s", expansion_factors=[1, 2, 4, 8, 16, 32, 64], ks=[16, 32, 64, 128], k_expansion_factor=64,
                    train_tokens=500_000, analysis_tokens=65_536),
@@ -136,15 +136,15 @@ class Experiment:
 
     def reconstruction_table(self, models: list[str], lens_options: tuple[bool, ...] = (False, True)) -> list[dict]:
         """PAPER.md §4 item 10: FVU, MSE, L0, L1, Delta CE, KL per model, with and without the lens."""
+        experiments = [self.with_model(m, tuned_lens=lens) for m in models for lens in lens_options]
+        train_together(experiments)
         rows = []
-        for m in models:
-            for lens in lens_options:
-                e = self.with_model(m, tuned_lens=lens)
-                r = e.evaluate()
-                rows.append({"model": m, "tuned lens": lens, "layers": len(r.layers), "FVU": r.mean("fvu"),
-                             "MSE": r.mean("mse"), "L0": r.mean("l0"), "L1": r.mean("l1"),
-                             "delta CE": r.mean("delta_ce"), "KL": r.mean("kl"), "clean CE": r.clean_ce,
-                             "dead fraction": r.dead_fraction})
+        for e in experiments:
+            r = e.evaluate()
+            rows.append({"model": e.model, "tuned lens": e.tuned_lens, "layers": len(r.layers), "FVU": r.mean("fvu"),
+                         "MSE": r.mean("mse"), "L0": r.mean("l0"), "L1": r.mean("l1"),
+                         "delta CE": r.mean("delta_ce"), "KL": r.mean("kl"), "clean CE": r.clean_ce,
+                         "dead fraction": r.dead_fraction})
         return rows
 
     # ---- the pieces, built lazily and cached ------------------------------------------------
@@ -226,13 +226,17 @@ class Experiment:
         atomic_write_text(path, json.dumps(result.to_dict()))
         return result
 
-    def distributions(self, layers: list[int] | None = None):
-        """Distributions over layers; ``layers`` (e.g. every layer for a single-layer SAE) as in :meth:`evaluate`."""
-        from mlsae.analysis import LayerDistributions, layer_distributions
+    def distributions(self, layers: list[int] | None = None, window: int | None = None):
+        """Distributions over layers; ``layers`` (e.g. every layer for a single-layer SAE) as in :meth:`evaluate`;
+        ``window``: tokens per window of the paper's estimator (default 2048, theirs)."""
+        from mlsae.analysis import PAPER_WINDOW, LayerDistributions, layer_distributions
 
-        path = self.out_dir / f"distributions-{self.analysis_tokens}{_layers_tag(layers)}.safetensors"
+        window = window or PAPER_WINDOW
+        # v2: with the token-weighted sums and the paper's per-window estimator
+        path = self.out_dir / f"distributions-v2-{self.analysis_tokens}-w{window}{_layers_tag(layers)}.safetensors"
         return _load_or_compute(path, LayerDistributions, lambda: layer_distributions(
-            *self.lm, self.sae, self.batches(self.analysis_tokens), lens=self.lens, layers=layers, progress=self.progress))
+            *self.lm, self.sae, self.batches(self.analysis_tokens), lens=self.lens, layers=layers,
+            progress=self.progress, window=window))
 
     def prompt_distribution(self, prompt: str = IOI_PROMPT):
         from mlsae.analysis import prompt_distribution
@@ -265,6 +269,16 @@ class Experiment:
         return geom
 
 
+def train_together(experiments: list[Experiment]) -> None:
+    """Train the SAEs these experiments need and the cache lacks, one pass of each language model for
+    all SAEs that share its token stream (e.g. with and without the lens, a sweep, the single-layer
+    baselines); identical weights to training each alone (:func:`mlsae.train.train_many`)."""
+    from mlsae.train import ensure_trained
+
+    if experiments:
+        ensure_trained([e.train_config() for e in experiments], progress=experiments[0].progress)
+
+
 def series_models(exp: Experiment, models: list[str] | None = None) -> list[str]:
     """The model-size series for ``exp``: ``models`` or the preset's, those loadable here, plus
     ``exp.model``; ordered by depth then width. Hub models that are not cached are left out (and
@@ -290,6 +304,15 @@ def _load_or_compute(path: Path, kind, compute):
     return result
 
 
+def _paper_columns(summary: dict) -> dict:
+    """The paper's estimator and its decomposition next to the honest ratio (PAPER.md §3b)."""
+    from mlsae.analysis import headline_row
+
+    row = headline_row(summary)
+    row.pop("honest ratio")  # the tables already carry it as "variance ratio"
+    return row
+
+
 def _layers_tag(layers: list[int] | None) -> str:
     return "" if layers is None else "-at" + "-".join(map(str, layers))
 
@@ -311,6 +334,7 @@ def sweep(exp: Experiment, expansion_factors: list[int], ks: list[int], k_expans
     from mlsae.decoder import decoder_vectors, mmcs
 
     points = [("R", r, exp.k) for r in expansion_factors] + [("k", k_expansion_factor, k) for k in ks]
+    train_together([exp.with_model(exp.model, expansion_factor=r, k=k) for _, r, k in points])
     rows = []
     for which, r, k in points:
         e = exp.with_model(exp.model, expansion_factor=r, k=k)
@@ -319,7 +343,8 @@ def sweep(exp: Experiment, expansion_factors: list[int], ks: list[int], k_expans
             "sweep": which, "R": r, "k": k, "n_latents": e.sae.cfg.n_latents,
             "FVU": result.mean("fvu"), "delta CE": result.mean("delta_ce"), "L0": result.mean("l0"),
             "dead fraction": result.dead_fraction, "mean std of p(l|j)": summary["mean_std_layer"],
-            "variance ratio": summary["variance_ratio"], "MMCS": mmcs(decoder_vectors(e.sae), device=e.device),
+            "variance ratio": summary["variance_ratio"], **_paper_columns(summary),
+            "MMCS": mmcs(decoder_vectors(e.sae), device=e.device),
             "train seconds": e.train_summary().get("seconds", float("nan")),
         })
     return rows
@@ -327,17 +352,17 @@ def sweep(exp: Experiment, expansion_factors: list[int], ks: list[int], k_expans
 
 def lens_comparison(exp: Experiment, models: list[str]) -> list[dict]:
     """PAPER.md §4 item 8: the central quantities of each model without and with the tuned lens."""
+    experiments = [exp.with_model(m, tuned_lens=lens) for m in models for lens in (False, True)]
+    train_together(experiments)
     rows = []
-    for m in models:
-        for lens in (False, True):
-            e = exp.with_model(m, tuned_lens=lens)
-            s, r, g = e.distributions().summary(), e.evaluate(), e.geometry()
-            rows.append({
-                "model": m, "tuned lens": lens, "layers": s["n_layers"], "FVU": r.mean("fvu"),
-                "delta CE": r.mean("delta_ce"), "E_j Var(L|j)": s["aggregate_var"], "E_tj Var(L|t,j)": s["token_var"],
-                "variance ratio": s["variance_ratio"], "mean std of p(l|j)": s["mean_std_layer"],
-                "mean adjacent cosine": float(g.cos_mean.mean()),
-            })
+    for e in experiments:
+        s, r, g = e.distributions().summary(), e.evaluate(), e.geometry()
+        rows.append({
+            "model": e.model, "tuned lens": e.tuned_lens, "layers": s["n_layers"], "FVU": r.mean("fvu"),
+            "delta CE": r.mean("delta_ce"), "E_j Var(L|j)": s["aggregate_var"], "E_tj Var(L|t,j)": s["token_var"],
+            "variance ratio": s["variance_ratio"], **_paper_columns(s), "mean std of p(l|j)": s["mean_std_layer"],
+            "mean adjacent cosine": float(g.cos_mean.mean()),
+        })
     return rows
 
 
@@ -352,6 +377,7 @@ def single_layer_baselines(exp: Experiment) -> dict:
     n_layers = exp.lm[0].config.num_hidden_layers
     every = list(range(n_layers))
     singles = {l: exp.with_model(exp.model, layers=[l]) for l in every}
+    train_together([exp, *singles.values()])
     results = [singles[l].evaluate(layers=every) for l in every] + [exp.evaluate()]
     return {
         "saes": singles,

@@ -85,7 +85,8 @@ for _e in REGISTRY.values():
 
 # Offline zoo (mlsae.zoo); the list is static so that resolving a name never imports the zoo.
 ZOO_NAMES: tuple[str, ...] = (
-    "zoo-s", "zoo-m", "zoo-l", "micro-s", "micro-m", "micro-l",
+    "zoo-s", "zoo-m", "zoo-l", "zoo-xl", "micro-s", "micro-m", "micro-l",
+    "zoo-s-seed1", "zoo-m-seed1", "zoo-l-seed1", "zoo-xl-seed1",
     "zoo-gpt2-s", "zoo-gpt2-m", "zoo-llama-s", "zoo-llama-m",
     "micro-gpt2-s", "micro-gpt2-m", "micro-llama-s", "micro-llama-m",
 )

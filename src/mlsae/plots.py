@@ -136,6 +136,27 @@ def variance_comparison(summaries: dict[str, dict]) -> Figure:
     return fig
 
 
+def headline_estimators(rows: dict[str, dict], paper_value: float = 100.0) -> Figure:
+    """The headline ratio per model under each estimator (``rows``: model -> :func:`analysis.headline_row`),
+    log scale, with the paper's reported ~100x as a line."""
+    names = list(rows)
+    cols = [c for c in next(iter(rows.values())) if c != "mu2 factor"]
+    x = np.arange(len(names))
+    width = 0.8 / len(cols)
+    fig, ax = plt.subplots(figsize=(2.5 + 1.6 * len(names), 3.6), constrained_layout=True)
+    for i, col in enumerate(cols):
+        vals = [rows[n][col] for n in names]
+        ax.bar(x - 0.4 + (i + 0.5) * width, vals, width, label=col)
+    ax.axhline(paper_value, color="k", ls="--", lw=1)
+    ax.annotate(f"paper reports ~{paper_value:.0f}x (Pythia, the Pile)", (x[0] - 0.4, paper_value), va="bottom", fontsize=7)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(x, names)
+    ax.set_ylabel("aggregated / per-token variance (x)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
 def residual_similarity(geoms: dict[str, ResidualGeometry]) -> Figure:
     """Adjacent-layer cosine similarity of centred residual vectors, and mean L2 norm per layer."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.3), constrained_layout=True)

@@ -151,107 +151,191 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, *, resume: bool = True,
 
     ``out_dir`` defaults to ``$MLSAE_HOME/saes/<cfg.cache_key()>``.
     """
+    return train_many([cfg], None if out_dir is None else [out_dir], resume=resume, progress=progress)[0]
+
+
+# Fields that must agree for SAEs to share one pass of the language model over one token stream.
+STREAM_FIELDS = ("model", "data", "seq_len", "batch_size", "grad_accum", "max_tokens", "device")
+
+
+def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, resume: bool = True,
+               progress: bool = True) -> list[TrainResult]:
+    """Train several SAEs on the same token batches with **one** pass of the language model per batch.
+
+    The configurations must agree on :data:`STREAM_FIELDS`; anything else (R, k, layers, lens, lr,
+    seed, ...) may differ. Each SAE gets exactly the updates it would get trained alone by
+    :func:`train` (same data, same initialisation, same order of operations: tested bit for bit),
+    its own folder, log and checkpoints. ``seconds`` in each result is that SAE's own work plus the
+    whole model pass, i.e. an estimate of its time trained alone; ``wall_seconds`` in
+    ``train_summary.json`` is the shared wall-clock time.
+    """
+    if not cfgs:
+        return []
+    for name in STREAM_FIELDS:
+        values = {json.dumps(getattr(c, name)) for c in cfgs}
+        if len(values) > 1:
+            raise ValueError(f"train_many needs one token stream, but the configurations differ in {name}: "
+                             f"{sorted(values)}; train them in separate calls")
+    out_dirs = [Path(d) for d in out_dirs] if out_dirs is not None else [mlsae_home() / "saes" / c.cache_key() for c in cfgs]
+    if len(out_dirs) != len(cfgs) or len(set(out_dirs)) != len(out_dirs):
+        raise ValueError("train_many needs one distinct out_dir per configuration")
     # Everything that can fail on bad input fails before anything is written.
-    torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model(cfg.model, device=cfg.device)
+    cfg0 = cfgs[0]
+    model, tokenizer = load_model(cfg0.model, device=cfg0.device)
     n_layers = model.config.num_hidden_layers
-    layers = check_layers(cfg.layers, n_layers)
-    d_model = model.config.hidden_size
-    sae_cfg = SAEConfig.from_expansion_factor(
-        d_model, cfg.expansion_factor, cfg.k, k_aux=cfg.k_aux, auxk_coef=cfg.auxk_coef,
-        dead_tokens=cfg.dead_tokens, layers=layers,
-    )
-    dataset = load_text(cfg.data, split="train", streaming=True)  # an empty or missing data set fails here
-    lens = residual_lens_for(cfg.model, model, tokenizer, data=cfg.data, seed=cfg.seed) if cfg.tuned_lens else None
+    layers = [check_layers(c.layers, n_layers) for c in cfgs]
+    dataset = load_text(cfg0.data, split="train", streaming=True)  # an empty or missing data set fails here
+    lenses = {}
+    for c in cfgs:
+        if c.tuned_lens and c.seed not in lenses:
+            lenses[c.seed] = residual_lens_for(c.model, model, tokenizer, data=c.data, seed=c.seed)
+    sae_cfgs = [SAEConfig.from_expansion_factor(model.config.hidden_size, c.expansion_factor, c.k, k_aux=c.k_aux,
+                                                auxk_coef=c.auxk_coef, dead_tokens=c.dead_tokens, layers=l)
+                for c, l in zip(cfgs, layers)]  # validated for every SAE before any folder is written
+    runs = [_Run(c, d, sc, lenses.get(c.seed) if c.tuned_lens else None, resume)
+            for c, d, sc in zip(cfgs, out_dirs, sae_cfgs)]
+    steps = {r.step for r in runs}
+    if len(steps) > 1:  # resumed from different checkpoints: no shared stream position
+        return [train_many([r.cfg], [r.out_dir], resume=resume, progress=progress)[0] for r in runs]
+    step = steps.pop()
 
-    out_dir = Path(out_dir) if out_dir is not None else mlsae_home() / "saes" / cfg.cache_key()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir, log_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
-    atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
-    torch.manual_seed(cfg.seed)
-    sae = MLSAE(sae_cfg).to(cfg.device)
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
-    scaler = torch.amp.GradScaler("cuda") if cfg.autocast == "fp16" else None
-
-    step, tokens, elapsed, metrics = 0, 0, 0.0, []
-    if resume and (ckpt_dir / "state.json").exists():
-        step, tokens, elapsed = _load_checkpoint(ckpt_dir, sae, opt, cfg)
-        metrics = [m for m in _read_jsonl(log_path) if m["step"] <= step]
-    atomic_write_text(log_path, "".join(json.dumps(m) + "\n" for m in metrics))
-
-    batches = token_batches(dataset, tokenizer, cfg.seq_len, cfg.batch_size, max_tokens=cfg.total_steps * cfg.tokens_per_step)
-    skipped = _skip(batches, step * cfg.grad_accum)
-    if skipped < step * cfg.grad_accum:
+    batches = token_batches(dataset, tokenizer, cfg0.seq_len, cfg0.batch_size, max_tokens=cfg0.total_steps * cfg0.tokens_per_step)
+    skipped = _skip(batches, step * cfg0.grad_accum)
+    if skipped < step * cfg0.grad_accum:
         raise RuntimeError(f"cannot resume: the data ran out after {skipped} batches while skipping to step {step}")
     stream = residual_batches(model, tokenizer, batches)
-
-    bar = tqdm(total=cfg.total_steps, initial=step, desc=f"MLSAE {cfg.model}", disable=not progress)
-    started = time.perf_counter() - elapsed
-    log_file = open(log_path, "a")
+    what = cfg0.model if len(runs) == 1 else f"{len(runs)} SAEs on {cfg0.model}"
+    bar = tqdm(total=cfg0.total_steps, initial=step, desc=f"MLSAE {what}", disable=not progress)
+    started, model_seconds = time.perf_counter(), 0.0
     try:
-        while step < cfg.total_steps:
-            opt.zero_grad(set_to_none=True)
-            stats = _Accumulator()
-            for _ in range(cfg.grad_accum):
+        while step < cfg0.total_steps:
+            for r in runs:
+                r.begin_step()
+            fed = 0
+            for _ in range(cfg0.grad_accum):
+                t = time.perf_counter()
                 item = next(stream, None)
+                model_seconds += time.perf_counter() - t
                 if item is None:
                     break
                 _, keep, resid = item
-                x = sae_inputs(resid, keep, layers, lens)  # [layer, token, d]
-                if not torch.isfinite(x).all():
-                    raise FloatingPointError(_nan_message("activations", step, ckpt_dir))
-                if step == 0 and stats.n == 0:  # a fresh run: b_pre (and the encoder scale) from the first batch
-                    sae.init_b_pre_(x.flatten(0, 1))
-                    if cfg.encoder_init == "fit":
-                        sae.fit_encoder_scale_(x.flatten(0, 1))
-                with torch.autocast(x.device.type, dtype=DTYPES[cfg.autocast], enabled=cfg.autocast != "fp32"):
-                    out = sae(x)
-                loss = out.loss / cfg.grad_accum
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(_nan_message("loss", step, ckpt_dir))
-                (scaler.scale(loss) if scaler else loss).backward()
-                stats.add(out, x.shape[1])
-            if stats.n == 0:
+                for r in runs:
+                    r.micro_step(resid, keep)
+                fed += 1
+            if fed == 0:
                 break  # data exhausted
-            if scaler:
-                scaler.unscale_(opt)
-            sae.project_decoder_grads_()
-            if scaler:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            sae.normalize_decoder_()
             step += 1
-            tokens += stats.tokens
+            for r in runs:
+                r.end_step(model_seconds)
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.total_steps:
-                row = stats.summary(step, tokens, time.perf_counter() - started, sae)
-                metrics.append(row)
-                log_file.write(json.dumps(row) + "\n")
-                log_file.flush()
+            if len(runs) == 1 and runs[0].metrics and runs[0].metrics[-1]["step"] == step:
+                row = runs[0].metrics[-1]
                 bar.set_postfix(loss=f"{row['loss']:.4f}", fvu=f"{row['fvu']:.3f}", dead=f"{row['dead_fraction']:.3f}")
-            if step % cfg.checkpoint_every == 0 and step < cfg.total_steps:
-                _save_checkpoint(ckpt_dir, sae, opt, step, tokens, time.perf_counter() - started)
     finally:
-        log_file.close()
+        for r in runs:
+            r.close()
         bar.close()
-    seconds = time.perf_counter() - started
-    sae.save_pretrained(out_dir / "sae")
-    atomic_write_text(
-        out_dir / "train_summary.json",
-        json.dumps({"steps": step, "tokens": tokens, "seconds": seconds, "cache_key": cfg.cache_key()}, indent=2),
-    )
-    return TrainResult(sae, out_dir, step, tokens, seconds, metrics)
+    wall = time.perf_counter() - started
+    return [r.finish(model_seconds, wall) for r in runs]
+
+
+class _Run:
+    """One SAE being trained by :func:`train_many`: its folder, optimiser, counters, log and checkpoints."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, sae_cfg: SAEConfig, lens, resume: bool):
+        self.cfg, self.out_dir, self.layers, self.lens = cfg, out_dir, list(sae_cfg.layers), lens
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt_dir, self.log_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
+        atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
+        torch.manual_seed(cfg.seed)
+        self.sae = MLSAE(sae_cfg).to(cfg.device)
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.autocast == "fp16" else None
+        self.step, self.tokens, self.elapsed, self.metrics = 0, 0, 0.0, []
+        if resume and (self.ckpt_dir / "state.json").exists():
+            self.step, self.tokens, self.elapsed = _load_checkpoint(self.ckpt_dir, self.sae, self.opt, cfg)
+            self.metrics = [m for m in _read_jsonl(self.log_path) if m["step"] <= self.step]
+        atomic_write_text(self.log_path, "".join(json.dumps(m) + "\n" for m in self.metrics))
+        self.log_file = open(self.log_path, "a")
+        self.own_seconds = 0.0  # time in this SAE's own work, this session
+        self.stats = _Accumulator()
+
+    def begin_step(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.stats = _Accumulator()
+
+    def micro_step(self, resid: Tensor, keep: Tensor) -> None:
+        t = time.perf_counter()
+        cfg, sae = self.cfg, self.sae
+        x = sae_inputs(resid, keep, self.layers, self.lens)  # [layer, token, d]
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(_nan_message("activations", self.step, self.ckpt_dir))
+        if self.step == 0 and self.stats.n == 0:  # a fresh run: b_pre (and the encoder scale) from the first batch
+            sae.init_b_pre_(x.flatten(0, 1))
+            if cfg.encoder_init == "fit":
+                sae.fit_encoder_scale_(x.flatten(0, 1))
+        with torch.autocast(x.device.type, dtype=DTYPES[cfg.autocast], enabled=cfg.autocast != "fp32"):
+            out = sae(x)
+        loss = out.loss / cfg.grad_accum
+        if not torch.isfinite(loss):
+            raise FloatingPointError(_nan_message("loss", self.step, self.ckpt_dir))
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        self.stats.add(out, x.shape[1])
+        self.own_seconds += time.perf_counter() - t
+
+    def end_step(self, model_seconds: float) -> None:
+        t = time.perf_counter()
+        cfg, sae, opt, scaler = self.cfg, self.sae, self.opt, self.scaler
+        if scaler:
+            scaler.unscale_(opt)
+        sae.project_decoder_grads_()
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        sae.normalize_decoder_()
+        self.step += 1
+        self.tokens += self.stats.tokens
+        self.own_seconds += time.perf_counter() - t
+        seconds = self.elapsed + self.own_seconds + model_seconds
+        if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
+            row = self.stats.summary(self.step, self.tokens, seconds, sae)
+            self.metrics.append(row)
+            self.log_file.write(json.dumps(row) + "\n")
+            self.log_file.flush()
+        if self.step % cfg.checkpoint_every == 0 and self.step < cfg.total_steps:
+            _save_checkpoint(self.ckpt_dir, sae, opt, self.step, self.tokens, seconds)
+
+    def close(self) -> None:
+        self.log_file.close()
+
+    def finish(self, model_seconds: float, wall: float) -> TrainResult:
+        seconds = self.elapsed + self.own_seconds + model_seconds
+        self.sae.save_pretrained(self.out_dir / "sae")
+        atomic_write_text(self.out_dir / "train_summary.json", json.dumps(
+            {"steps": self.step, "tokens": self.tokens, "seconds": seconds, "wall_seconds": wall,
+             "cache_key": self.cfg.cache_key()}, indent=2))
+        return TrainResult(self.sae, self.out_dir, self.step, self.tokens, seconds, self.metrics)
 
 
 def train_or_load(cfg: TrainConfig, *, progress: bool = True) -> tuple[MLSAE, Path]:
     """The SAE for ``cfg`` from the shared cache, training it first if it is not there yet."""
     out_dir = mlsae_home() / "saes" / cfg.cache_key()
-    if (out_dir / "sae" / "config.json").exists():
-        return MLSAE.from_pretrained(out_dir / "sae").to(cfg.device), out_dir
-    result = train(cfg, out_dir, progress=progress)
-    return result.sae, out_dir
+    if not (out_dir / "sae" / "config.json").exists():
+        train(cfg, out_dir, progress=progress)
+    return MLSAE.from_pretrained(out_dir / "sae").to(cfg.device), out_dir
+
+
+def ensure_trained(cfgs: list[TrainConfig], *, progress: bool = True) -> None:
+    """Train the SAEs of ``cfgs`` that the shared cache lacks, one model pass for each group that
+    shares a token stream (:data:`STREAM_FIELDS`). Same weights as training each alone."""
+    missing = {c.cache_key(): c for c in cfgs if not (mlsae_home() / "saes" / c.cache_key() / "sae" / "config.json").exists()}
+    groups: dict[str, list[TrainConfig]] = {}
+    for c in missing.values():
+        groups.setdefault(json.dumps([getattr(c, f) for f in STREAM_FIELDS]), []).append(c)
+    for group in groups.values():
+        train_many(group, progress=progress)
 
 
 class _Accumulator:

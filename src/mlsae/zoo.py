@@ -5,8 +5,8 @@ the generated corpus of :mod:`mlsae.text`:
 
 * a byte-level BPE tokenizer (``tokenizers``; ``<|endoftext|>`` is BOS, EOS, UNK and PAD, as in
   Pythia), one per corpus preset;
-* ``zoo-s`` / ``zoo-m`` / ``zoo-l``: 2 / 4 / 6 layers, d_model 64 / 128 / 192, trained on the
-  ``default`` corpus (the offline default for every notebook);
+* ``zoo-s`` / ``zoo-m`` / ``zoo-l`` / ``zoo-xl``: 2 / 4 / 6 / 12 layers, d_model 64 / 128 / 192 / 128,
+  trained on the ``default`` corpus (the offline default for every notebook);
 * ``micro-s`` / ``micro-m`` / ``micro-l``: 2 / 3 / 4 layers, d_model 32 / 48 / 64, trained for a
   few seconds on the ``micro`` corpus, for tests and CI;
 * the same shapes in two other architecture families (``ZooSpec.arch``), for the model-family
@@ -20,7 +20,8 @@ the tokenizer and ``zoo_report.json``, training the model on first use (under
 written for another spec or generator version is rebuilt.
 
 Training is deterministic on CPU: ``torch.manual_seed(spec.seed)``, AdamW, linear warm-up then
-cosine decay, packed ``seq_len`` blocks from :func:`mlsae.data.token_batches` in file order.
+cosine decay, packed ``seq_len`` blocks from :func:`mlsae.data.token_batches` in file order, and
+always :data:`ZOO_THREADS` CPU threads.
 """
 
 from __future__ import annotations
@@ -174,8 +175,13 @@ ZOO: dict[str, ZooSpec] = {
     s.name: s
     for s in (
         ZooSpec("zoo-s", "default", n_layers=2, d_model=64, n_heads=4, train_tokens=2_000_000, lr=3e-3),
-        ZooSpec("zoo-m", "default", n_layers=4, d_model=128, n_heads=4, train_tokens=2_000_000, lr=3e-3),
+        # 3M tokens (2M before): at 2M, IOI sat at the edge (accuracy 0.65-0.88 and the top answer to the
+        # IOI prompt flipping between " Mary" and " John" across machines); at 3M it is learned with margin.
+        ZooSpec("zoo-m", "default", n_layers=4, d_model=128, n_heads=4, train_tokens=3_000_000, lr=3e-3),
         ZooSpec("zoo-l", "default", n_layers=6, d_model=192, n_heads=6, train_tokens=2_500_000, lr=2.5e-3),
+        # zoo-m at 12 layers, the depth of pythia-160m: the size series then spans 2 to 12 layers
+        # (a lower learning rate for the deeper stack).
+        ZooSpec("zoo-xl", "default", n_layers=12, d_model=128, n_heads=4, train_tokens=3_000_000, lr=2e-3),
         ZooSpec("micro-s", "micro", n_layers=2, d_model=32, n_heads=2, train_tokens=80_000, seq_len=64,
                 batch_size=16, lr=5e-3, warmup_steps=8, eval_tokens=8_192),
         ZooSpec("micro-m", "micro", n_layers=3, d_model=48, n_heads=3, train_tokens=80_000, seq_len=64,
@@ -189,13 +195,26 @@ ZOO: dict[str, ZooSpec] = {
 # in at most its counterpart's time (1 CPU thread: zoo-s 75 s, zoo-gpt2-s 58 s, zoo-llama-s 51 s;
 # zoo-m 198 s, zoo-llama-m 173 s, zoo-gpt2-m 208 s with 2.0M tokens, hence 1.9M); all reach a
 # held-out loss far below the unigram baseline (zoo_report.json).
-_FAMILY_CHANGES: dict[str, dict] = {"zoo-gpt2-m": dict(train_tokens=1_900_000)}
+# zoo-llama-m keeps the 2.0M tokens zoo-m had when the families were built (and so its weights).
+_FAMILY_CHANGES: dict[str, dict] = {"zoo-gpt2-m": dict(train_tokens=1_900_000), "zoo-llama-m": dict(train_tokens=2_000_000)}
 for _base in ("zoo-s", "zoo-m", "micro-s", "micro-m"):
     for _arch in ("gpt2", "llama"):
         _prefix, _size = _base.split("-")
         _name = f"{_prefix}-{_arch}-{_size}"
         ZOO[_name] = replace(ZOO[_base], name=_name, arch=_arch, **_FAMILY_CHANGES.get(_name, {}))
-DEFAULT_ZOO = ("zoo-s", "zoo-m", "zoo-l")
+DEFAULT_ZOO = ("zoo-s", "zoo-m", "zoo-l", "zoo-xl")
+# Seed replicas of the default series (the same spec with another initialisation seed), trained only
+# by scripts/zoo_spread.py: the README states each finding with its spread over these.
+SPREAD_SEEDS = (1,)
+for _base in DEFAULT_ZOO:
+    for _seed in SPREAD_SEEDS:
+        ZOO[f"{_base}-seed{_seed}"] = replace(ZOO[_base], name=f"{_base}-seed{_seed}", seed=_seed)
+# The zoo trainer always uses this many CPU threads, whatever the machine has: how a reduction is
+# split between threads changes the float rounding, and over a few hundred steps that grows into
+# visibly different models (zoo-llama-m: IOI accuracy 0.48 with 2 threads, 0.80 with 1). Machines
+# with other CPUs can still differ in the last bits (other SIMD kernels); scripts/zoo_spread.py
+# measures how far the findings move under a larger change, another seed.
+ZOO_THREADS = 2
 
 
 def _spec(name: str) -> ZooSpec:
@@ -349,15 +368,25 @@ def ioi_report(model, tokenizer, n_prompts: int = 200) -> dict:
 def train_zoo_model(spec: ZooSpec | str, out_dir: Path, progress: bool = True) -> dict:
     """Train ``spec`` from scratch and ``save_pretrained`` model + tokenizer + ``zoo_report.json``
     into ``out_dir`` (which should be a fresh, temporary folder). Returns the report."""
-    from tqdm.auto import tqdm
-    import transformers
     from transformers import AutoTokenizer
-
-    from mlsae.data import load_text, token_batches
 
     spec = _spec(spec) if isinstance(spec, str) else spec
     out_dir = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(ensure_tokenizer(spec.corpus))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(ZOO_THREADS)
+    try:
+        return _train(spec, tokenizer, out_dir, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(spec: ZooSpec, tokenizer, out_dir: Path, progress: bool) -> dict:
+    from tqdm.auto import tqdm
+    import transformers
+
+    from mlsae.data import load_text, token_batches
 
     torch.manual_seed(spec.seed)
     model = getattr(transformers, _MODEL_CLASS[spec.arch])(spec.config(tokenizer))
@@ -448,7 +477,7 @@ def zoo_report(name: str) -> dict:
 
 
 def build_zoo(names=None, progress: bool = True) -> dict[str, dict]:
-    """Build (or reuse) the zoo models ``names`` (default: zoo-s, zoo-m, zoo-l); their reports."""
+    """Build (or reuse) the zoo models ``names`` (default: :data:`DEFAULT_ZOO`); their reports."""
     names = list(DEFAULT_ZOO if names is None else [names] if isinstance(names, str) else names)
     for n in names:
         _spec(n)
