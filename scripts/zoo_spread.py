@@ -44,11 +44,14 @@ def main() -> None:
     ap.add_argument("models", nargs="*", default=list(DEFAULT_ZOO), help="base zoo models (default: the default series)")
     args = ap.parse_args()
     rows = []
-    for base in args.models:
-        for seed, name in [(0, base), *((s, f"{base}-seed{s}") for s in SPREAD_SEEDS)]:
+    # the replicas first: the seed-0 models are usually in the cache already (regenerate-all made them)
+    for seed in (*SPREAD_SEEDS, 0):
+        for base in args.models:
+            name = base if seed == 0 else f"{base}-seed{seed}"
             print(f"[spread] {name}", flush=True)
             rows.append({"model": base, "seed": seed, **key_numbers(name)})
-    table = pd.DataFrame(rows)
+            print(json.dumps(rows[-1]), flush=True)  # partial results survive an interrupted run
+    table = pd.DataFrame(rows).sort_values(["model", "seed"], key=lambda c: c.map(args.models.index) if c.name == "model" else c)
     numeric = table.drop(columns=["IOI top-1"]).groupby("model", sort=False)
     spread = (numeric.max() - numeric.min()).drop(columns="seed").add_suffix(" spread")
     spread["IOI top-1 agrees"] = table.groupby("model", sort=False)["IOI top-1"].nunique() == 1
