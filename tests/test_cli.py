@@ -21,3 +21,10 @@ def test_bad_layers_argument(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", "micro-s", "--layers", "a,b"])
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_cli_rules_match_the_library(capsys):
+    assert main(["train", "--model", "micro-s", "--lr", "nan"]) == 2
+    assert "lr must be a positive finite number" in capsys.readouterr().err
+    assert main(["train", "--model", "micro-s", "--layers", "0,0"]) == 2
+    assert "name a layer more than once" in capsys.readouterr().err

@@ -215,3 +215,43 @@ def test_train_many_refuses_configurations_that_do_not_share_a_stream(tiny_model
     with pytest.raises(ValueError, match="k"):
         train_many(bad, [tmp_path / "a", tmp_path / "b"], progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_seq_len_beyond_the_models_context_fails_before_any_work(tiny_model_dir, text_dir, tmp_path):
+    # the tiny model has 64 positions: a raw IndexError deep in the model, minutes in, is what this replaces
+    with pytest.raises(ValueError, match=r"seq_len 128 is longer than .* context of 64 positions.*--seq-len 64"):
+        train(_cfg(tiny_model_dir, text_dir, seq_len=128), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_presets_shorten_seq_len_to_the_models_context_but_keep_an_explicit_one():
+    assert config_from_preset("paper", model="gpt2").seq_len == 1024  # GPT-2: 1024 positions
+    assert config_from_preset("paper", model="pythia-70m").seq_len == 2048
+    assert config_from_preset("paper", model="zoo-gpt2-s").seq_len == 1024
+    assert config_from_preset("default", model="zoo-m").seq_len == 128
+    assert config_from_preset("paper", model="gpt2", seq_len=2048).seq_len == 2048  # explicit: checked at train time
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(lr=float("nan")), "lr must be a positive finite number, got nan"),
+    (dict(lr=-1e-3), "lr must be"), (dict(adam_eps=float("inf")), "adam_eps"),
+    (dict(layers=[0, 0]), r"layers \[0, 0\] name a layer more than once"),
+])
+def test_hyper_parameters_are_validated_where_defined(tiny_model_dir, text_dir, change, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(tiny_model_dir, text_dir, **change)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error(tiny_model_dir, text_dir):
+    with pytest.raises(ValueError, match="no CUDA device is available here; use device 'cpu'"):
+        _cfg(tiny_model_dir, text_dir, device="cuda")
+
+
+def test_non_utf8_data_file_is_named_before_any_file_is_written(tiny_model_dir, tmp_path):
+    bad = tmp_path / "latin1"
+    bad.mkdir()
+    (bad / "train.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 50)
+    with pytest.raises(ValueError, match=r"train.txt is not UTF-8 text.*iconv"):
+        train(_cfg(tiny_model_dir, bad), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

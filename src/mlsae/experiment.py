@@ -112,6 +112,8 @@ class Experiment:
                 )
             if self.layers is not None and any(not 0 <= l < n_layers for l in self.layers):
                 raise ValueError(f"layers {self.layers} out of range for {self.model} with {n_layers} layers")
+        if self.layers is not None and len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers {self.layers} name a layer more than once; list each layer once")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} but no CUDA device is available; use device='cpu'")
 
@@ -209,7 +211,15 @@ class Experiment:
 
         _, tokenizer = self.lm
         dataset = load_text(self.data, split=split, streaming=True)
-        return token_batches(dataset, tokenizer, self.settings["seq_len"], self.settings["batch_size"], max_tokens=tokens)
+        return token_batches(dataset, tokenizer, self.seq_len, self.settings["batch_size"], max_tokens=tokens)
+
+    @property
+    def seq_len(self) -> int:
+        """The preset's sequence length, shortened to the model's context (GPT-2: 1024)."""
+        from mlsae.models import model_context
+
+        context = model_context(self.model)
+        return min(self.settings["seq_len"], context) if context else self.settings["seq_len"]
 
     # ---- statistics, cached next to the SAE --------------------------------------------------
 

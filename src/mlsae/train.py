@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mlsae.activations import check_layers, residual_batches
+from mlsae.activations import check_layers, check_seq_len, residual_batches
 from mlsae.data import load_text, token_batches
 from mlsae.lens import residual_lens_for, sae_inputs
 from mlsae.models import load_model
@@ -78,6 +79,18 @@ class TrainConfig:
             raise ValueError(f"autocast must be one of {sorted(DTYPES)}, got {self.autocast!r}")
         if self.autocast == "fp16" and not self.device.startswith("cuda"):
             raise ValueError("autocast='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
+        for name in ("lr", "adam_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if not math.isfinite(self.auxk_coef) or self.auxk_coef < 0:
+            raise ValueError(f"auxk_coef must be a finite number >= 0, got {self.auxk_coef!r}")
+        if self.layers is not None and len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers {self.layers} name a layer more than once; list each layer once, "
+                             f"e.g. {sorted(set(self.layers))}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} but no CUDA device is available here; use device 'cpu' "
+                             f"(--device cpu)")
 
     @property
     def tokens_per_step(self) -> int:
@@ -125,10 +138,22 @@ PRESETS: dict[str, dict] = {
 
 
 def config_from_preset(preset: str = "default", **overrides) -> TrainConfig:
-    """A TrainConfig from a named preset, with explicit overrides applied on top."""
+    """A TrainConfig from a named preset, with explicit overrides applied on top.
+
+    A preset's ``seq_len`` longer than the model's context (GPT-2: 1024 positions, the ``paper``
+    preset: 2048) is shortened to the context; an explicit ``seq_len`` is kept (and checked by
+    :func:`train_many` against the loaded model).
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return TrainConfig(**{**PRESETS[preset], "preset": preset, **overrides})
+    values = {**PRESETS[preset], "preset": preset, **overrides}
+    if "seq_len" not in overrides and "model" in overrides:
+        from mlsae.models import model_context
+
+        context = model_context(overrides["model"])
+        if context is not None:
+            values["seq_len"] = min(values.get("seq_len", TrainConfig.seq_len), context)
+    return TrainConfig(**values)
 
 
 # --------------------------------------------------------------------------------------
@@ -182,6 +207,7 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, r
     # Everything that can fail on bad input fails before anything is written.
     cfg0 = cfgs[0]
     model, tokenizer = load_model(cfg0.model, device=cfg0.device)
+    check_seq_len(cfg0.seq_len, model, cfg0.model)
     n_layers = model.config.num_hidden_layers
     layers = [check_layers(c.layers, n_layers) for c in cfgs]
     dataset = load_text(cfg0.data, split="train", streaming=True)  # an empty or missing data set fails here
