@@ -255,3 +255,66 @@ def test_non_utf8_data_file_is_named_before_any_file_is_written(tiny_model_dir, 
     with pytest.raises(ValueError, match=r"train.txt is not UTF-8 text.*iconv"):
         train(_cfg(tiny_model_dir, bad), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+# ---- resume is safe and explains itself ------------------------------------------------------------
+
+
+def _interrupted_run(tiny_model_dir, text_dir, out, monkeypatch, stop_at=7, **kw):
+    """Train until step ``stop_at`` dies (a checkpoint exists at step 5), as a kill would leave it."""
+    import mlsae.train as train_module
+
+    real = train_module._Run.end_step
+
+    def dying(self, model_seconds):
+        real(self, model_seconds)
+        if self.step == stop_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module._Run, "end_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_model_dir, text_dir, **kw), out, progress=False)
+    monkeypatch.setattr(train_module._Run, "end_step", real)
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 5
+
+
+def test_resume_with_other_hyper_parameters_is_refused_and_changes_nothing(tiny_model_dir, text_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _interrupted_run(tiny_model_dir, text_dir, out, monkeypatch)
+    before = (out / "train_config.json").read_text()
+    with pytest.raises(ValueError, match=r"cannot resume .* \(lr: checkpoint 0.003, now 0.01\).*--no-resume"):
+        train(_cfg(tiny_model_dir, text_dir, lr=1e-2), out, progress=False)
+    assert (out / "train_config.json").read_text() == before  # not rewritten with the refused values
+    # settings that do not touch the weights may change
+    result = train(_cfg(tiny_model_dir, text_dir, log_every=2), out, progress=False)
+    assert result.steps == 30
+
+
+@pytest.mark.parametrize("name", ["sae/model.safetensors", "optimizer.pt"])
+def test_truncated_checkpoint_file_is_one_clear_error(tiny_model_dir, text_dir, tmp_path, monkeypatch, name):
+    out = tmp_path / "run"
+    _interrupted_run(tiny_model_dir, text_dir, out, monkeypatch)
+    path = out / "checkpoint" / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"{path.name}: cannot be read .*(Delete|delete)"):
+        train(_cfg(tiny_model_dir, text_dir), out, progress=False)
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume(tiny_model_dir, text_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _interrupted_run(tiny_model_dir, text_dir, out, monkeypatch)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "loss": 0.1')  # what a kill during a log write leaves
+    result = train(_cfg(tiny_model_dir, text_dir), out, progress=False)
+    log = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 31)) and result.steps == 30
+
+
+def test_optimizer_state_is_loaded_without_pickle(tiny_model_dir, text_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _interrupted_run(tiny_model_dir, text_dir, out, monkeypatch)
+    calls = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw.get("weights_only")) or real(*a, **kw))
+    train(_cfg(tiny_model_dir, text_dir), out, progress=False)
+    assert calls == [True]

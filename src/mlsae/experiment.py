@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from mlsae.paths import atomic_write_bytes, atomic_write_text, mlsae_home, safe_name
+from mlsae.paths import atomic_write_text, mlsae_home, safe_name
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -266,17 +266,11 @@ class Experiment:
 
     def geometry(self):
         """Adjacent-layer cosine similarity and norms of the residual stream (no SAE involved)."""
-        import pickle
+        from mlsae.analysis import ResidualGeometry, residual_geometry
 
-        from mlsae.analysis import residual_geometry
-
-        path = mlsae_home() / "geometry" / f"{safe_name(self.model)}-{safe_name(self.data)}-{self.eval_tokens}-lens{int(self.tuned_lens)}.pkl"
-        if path.exists():
-            return pickle.loads(path.read_bytes())
-        model, tokenizer = self.lm
-        geom = residual_geometry(model, tokenizer, lambda: self.batches(self.eval_tokens), lens=self.lens, progress=self.progress)
-        atomic_write_bytes(path, pickle.dumps(geom))
-        return geom
+        path = mlsae_home() / "geometry" / f"{safe_name(self.model)}-{safe_name(self.data)}-{self.eval_tokens}-lens{int(self.tuned_lens)}.safetensors"
+        return _load_or_compute(path, ResidualGeometry, lambda: residual_geometry(
+            *self.lm, lambda: self.batches(self.eval_tokens), lens=self.lens, progress=self.progress))
 
 
 def train_together(experiments: list[Experiment]) -> None:

@@ -270,17 +270,20 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, out_dir: Path, sae_cfg: SAEConfig, lens, resume: bool):
         self.cfg, self.out_dir, self.layers, self.lens = cfg, out_dir, list(sae_cfg.layers), lens
-        out_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir, self.log_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
-        atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
+        resuming = resume and (self.ckpt_dir / "state.json").exists()
+        if resuming:
+            _check_resume_config(self.ckpt_dir, cfg)  # before anything in the folder is rewritten
+        out_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
         self.sae = MLSAE(sae_cfg).to(cfg.device)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.autocast == "fp16" else None
         self.step, self.tokens, self.elapsed, self.metrics = 0, 0, 0.0, []
-        if resume and (self.ckpt_dir / "state.json").exists():
+        if resuming:
             self.step, self.tokens, self.elapsed = _load_checkpoint(self.ckpt_dir, self.sae, self.opt, cfg)
             self.metrics = [m for m in _read_jsonl(self.log_path) if m["step"] <= self.step]
+        atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
         atomic_write_text(self.log_path, "".join(json.dumps(m) + "\n" for m in self.metrics))
         self.log_file = open(self.log_path, "a")
         self.own_seconds = 0.0  # time in this SAE's own work, this session
@@ -331,7 +334,7 @@ class _Run:
             self.log_file.write(json.dumps(row) + "\n")
             self.log_file.flush()
         if self.step % cfg.checkpoint_every == 0 and self.step < cfg.total_steps:
-            _save_checkpoint(self.ckpt_dir, sae, opt, self.step, self.tokens, seconds)
+            _save_checkpoint(self.ckpt_dir, sae, opt, self.step, self.tokens, seconds, cfg)
 
     def close(self) -> None:
         self.log_file.close()
@@ -413,25 +416,63 @@ def _nan_message(what: str, step: int, ckpt_dir: Path) -> str:
     )
 
 
-def _save_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, step: int, tokens: int, elapsed: float) -> None:
+def _save_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, step: int, tokens: int, elapsed: float, cfg: TrainConfig) -> None:
     with atomic_dir(ckpt_dir) as tmp:
         sae.save_pretrained(tmp / "sae")
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        (tmp / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         (tmp / "state.json").write_text(json.dumps({"step": step, "tokens": tokens, "seconds": elapsed}))
 
 
+# Settings a resumed run may change: they do not touch the weights.
+_RESUMABLE_CHANGES = ("device", "checkpoint_every", "log_every", "preset")
+
+
+def _check_resume_config(ckpt_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a checkpoint under other hyper-parameters (the checkpoint's would silently win)."""
+    path = ckpt_dir / "train_config.json"
+    if not path.exists():  # checkpoints written before the config was stored with them
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError:
+        raise ValueError(f"{path}: not valid JSON; delete {ckpt_dir} to start this run over") from None
+    now = cfg.to_dict()
+    changed = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
+               if k not in _RESUMABLE_CHANGES and saved.get(k, now[k]) != now[k]]
+    if changed:
+        raise ValueError(f"cannot resume {ckpt_dir} with other settings ({'; '.join(changed)}): resume with the "
+                         f"checkpoint's settings, or start over (--no-resume, or another --out)")
+
+
 def _load_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, cfg: TrainConfig) -> tuple[int, int, float]:
-    saved = MLSAE.from_pretrained(ckpt_dir / "sae")
+    saved = MLSAE.from_pretrained(ckpt_dir / "sae")  # a torn model.safetensors is a clear ValueError there
     if saved.cfg != sae.cfg:
         raise ValueError(f"checkpoint at {ckpt_dir} was written for a different SAE configuration; delete it or change out_dir")
     sae.load_state_dict(saved.state_dict())
-    opt.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", map_location=cfg.device))
+    path = ckpt_dir / "optimizer.pt"
+    try:
+        state = torch.load(path, map_location=cfg.device, weights_only=True)  # tensors and numbers only
+    except Exception as err:  # a torn zip archive, or anything that is not a plain state dict
+        raise ValueError(f"{path}: cannot be read ({type(err).__name__}: {str(err)[:200]}); the checkpoint is "
+                         f"incomplete. Delete {ckpt_dir} to start this run over (--no-resume)") from None
+    opt.load_state_dict(state)
     state = json.loads((ckpt_dir / "state.json").read_text())
     return state["step"], state["tokens"], state["seconds"]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """The rows of a metrics log; a torn last line (a kill while it was written) is dropped."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                break  # the torn last line: the checkpoint's step bounds what is kept anyway
+            raise ValueError(f"{path}: line {i + 1} is not JSON; delete the file to start its log over") from None
+    return rows
 
