@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from mlsae.metrics import evaluate
 from mlsae.models import load_model
-from mlsae.sae import MLSAE
+from mlsae.sae import MLSAE, SAEConfig
 from mlsae.train import TrainConfig, config_from_preset, train, train_many
 
 WORDS = "when mary and john went to the store gave a drink to the cat sat on mat dog ran fast".split()
@@ -318,3 +318,50 @@ def test_optimizer_state_is_loaded_without_pickle(tiny_model_dir, text_dir, tmp_
     monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw.get("weights_only")) or real(*a, **kw))
     train(_cfg(tiny_model_dir, text_dir), out, progress=False)
     assert calls == [True]
+
+
+def test_a_folder_being_trained_by_another_process_is_refused_and_the_cache_waits(tiny_model_dir, text_dir, tmp_path,
+                                                                                    monkeypatch):
+    import threading
+
+    from filelock import FileLock
+
+    import mlsae.train as train_module
+
+    def hold(path: Path, then=None):
+        """Another process, played by a thread with its own lock on the same file."""
+        held, done = threading.Event(), threading.Event()
+
+        def run():
+            with FileLock(str(path.resolve()) + ".lock"):
+                held.set()
+                if then is not None:
+                    time.sleep(0.5)
+                    then()
+                else:
+                    done.wait(30)
+
+        t = threading.Thread(target=run)
+        t.start()
+        held.wait(10)
+        return t, done
+
+    out = tmp_path / "run"
+    t, done = hold(out)
+    with pytest.raises(RuntimeError, match="being trained by another process.*another folder"):
+        train(_cfg(tiny_model_dir, text_dir), out, progress=False)
+    done.set()
+    t.join()
+    assert not out.exists()
+
+    # The cache (train_or_load) waits for the other process instead, then uses what it trained.
+    monkeypatch.setenv("MLSAE_HOME", str(tmp_path / "home"))
+    cfg = _cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 4)
+    cached = tmp_path / "home" / "saes" / cfg.cache_key()
+    cached.parent.mkdir(parents=True)
+    trained = []
+    monkeypatch.setattr(train_module, "train", lambda *a, **kw: trained.append(1))
+    t, _ = hold(cached, then=lambda: MLSAE(SAEConfig(d_model=32, n_latents=128, k=4, layers=[0, 1, 2])).save_pretrained(cached / "sae"))
+    sae, where = train_module.train_or_load(cfg, progress=False)
+    t.join()
+    assert where == cached and not trained and sae.cfg.n_latents == 128  # waited, then took the other's SAE

@@ -12,6 +12,7 @@ and dead-latent counters, giving the same final weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,7 +30,7 @@ from mlsae.activations import check_layers, check_seq_len, residual_batches
 from mlsae.data import load_text, token_batches
 from mlsae.lens import residual_lens_for, sae_inputs
 from mlsae.models import load_model
-from mlsae.paths import atomic_dir, atomic_write_text, mlsae_home, safe_name
+from mlsae.paths import atomic_dir, atomic_write_text, mlsae_home, run_lock, safe_name
 from mlsae.sae import MLSAE, SAEConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -218,10 +219,30 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, r
     sae_cfgs = [SAEConfig.from_expansion_factor(model.config.hidden_size, c.expansion_factor, c.k, k_aux=c.k_aux,
                                                 auxk_coef=c.auxk_coef, dead_tokens=c.dead_tokens, layers=l)
                 for c, l in zip(cfgs, layers)]  # validated for every SAE before any folder is written
+    with contextlib.ExitStack() as held:
+        for d in sorted(out_dirs):  # one process trains into a folder at a time
+            held.enter_context(_take(run_lock(d), d))
+        return _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress)
+
+
+def _take(lock, out_dir: Path):
+    from filelock import Timeout
+
+    try:
+        return lock.acquire(timeout=0)
+    except Timeout:
+        raise RuntimeError(f"{out_dir} is being trained by another process (lock {lock.lock_file}); wait for it "
+                           f"to finish, or train into another folder (--out)") from None
+
+
+def _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress) -> list[TrainResult]:
+    cfg0 = cfgs[0]
     runs = [_Run(c, d, sc, lenses.get(c.seed) if c.tuned_lens else None, resume)
             for c, d, sc in zip(cfgs, out_dirs, sae_cfgs)]
     steps = {r.step for r in runs}
     if len(steps) > 1:  # resumed from different checkpoints: no shared stream position
+        for r in runs:
+            r.close()
         return [train_many([r.cfg], [r.out_dir], resume=resume, progress=progress)[0] for r in runs]
     step = steps.pop()
 
@@ -352,19 +373,27 @@ def train_or_load(cfg: TrainConfig, *, progress: bool = True) -> tuple[MLSAE, Pa
     """The SAE for ``cfg`` from the shared cache, training it first if it is not there yet."""
     out_dir = mlsae_home() / "saes" / cfg.cache_key()
     if not (out_dir / "sae" / "config.json").exists():
-        train(cfg, out_dir, progress=progress)
+        with run_lock(out_dir):  # another process training the same SAE: wait for it, then use its result
+            if not (out_dir / "sae" / "config.json").exists():
+                train(cfg, out_dir, progress=progress)
     return MLSAE.from_pretrained(out_dir / "sae").to(cfg.device), out_dir
 
 
 def ensure_trained(cfgs: list[TrainConfig], *, progress: bool = True) -> None:
     """Train the SAEs of ``cfgs`` that the shared cache lacks, one model pass for each group that
     shares a token stream (:data:`STREAM_FIELDS`). Same weights as training each alone."""
-    missing = {c.cache_key(): c for c in cfgs if not (mlsae_home() / "saes" / c.cache_key() / "sae" / "config.json").exists()}
-    groups: dict[str, list[TrainConfig]] = {}
-    for c in missing.values():
-        groups.setdefault(json.dumps([getattr(c, f) for f in STREAM_FIELDS]), []).append(c)
-    for group in groups.values():
-        train_many(group, progress=progress)
+    def missing(configs):
+        return {c.cache_key(): c for c in configs if not (mlsae_home() / "saes" / c.cache_key() / "sae" / "config.json").exists()}
+
+    todo = missing(cfgs)
+    with contextlib.ExitStack() as held:
+        for key in sorted(todo):  # another process training one of them: wait for it, then use its result
+            held.enter_context(run_lock(mlsae_home() / "saes" / key))
+        groups: dict[str, list[TrainConfig]] = {}
+        for c in missing(todo.values()).values():
+            groups.setdefault(json.dumps([getattr(c, f) for f in STREAM_FIELDS]), []).append(c)
+        for group in groups.values():
+            train_many(group, progress=progress)
 
 
 class _Accumulator:
