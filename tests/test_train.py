@@ -365,3 +365,12 @@ def test_a_folder_being_trained_by_another_process_is_refused_and_the_cache_wait
     sae, where = train_module.train_or_load(cfg, progress=False)
     t.join()
     assert where == cached and not trained and sae.cfg.n_latents == 128  # waited, then took the other's SAE
+
+
+def test_a_preset_means_the_same_in_the_cli_and_the_notebooks():
+    from mlsae.experiment import NOTEBOOK_PRESETS, Experiment
+
+    for preset in ("tiny", "default", "paper"):
+        cli = config_from_preset(preset, model=NOTEBOOK_PRESETS[preset]["model"])
+        nb = Experiment(preset=preset).train_config()
+        assert (cli.expansion_factor, cli.k, cli.max_tokens, cli.seq_len) == (nb.expansion_factor, nb.k, nb.max_tokens, nb.seq_len)

@@ -128,12 +128,12 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "paper": {},
     "default": dict(
-        data="offline", seq_len=128, batch_size=32, max_tokens=1_000_000, lr=1e-3, dead_tokens=500_000,
-        checkpoint_every=100, encoder_init="fit",
+        expansion_factor=16, data="offline", seq_len=128, batch_size=32, max_tokens=1_000_000, lr=1e-3,
+        dead_tokens=500_000, checkpoint_every=100, encoder_init="fit",
     ),
     "tiny": dict(
-        data="offline:micro", seq_len=64, batch_size=8, max_tokens=40_000, lr=2e-3, dead_tokens=20_000,
-        k_aux=32, checkpoint_every=20, log_every=5, encoder_init="fit",
+        expansion_factor=8, data="offline:micro", seq_len=64, batch_size=8, max_tokens=40_000, lr=2e-3,
+        dead_tokens=20_000, k_aux=32, checkpoint_every=20, log_every=5, encoder_init="fit",
     ),
 }
 
