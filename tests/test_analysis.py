@@ -228,3 +228,13 @@ def test_paper_estimator_survives_save_and_load(tmp_path):
 def test_window_must_be_positive():
     with pytest.raises(ValueError, match="window"):
         LayerDistributionAccumulator(2, 3, window=0)
+
+
+def test_residual_geometry_saves_as_safetensors_not_pickle(tmp_path):
+    from mlsae.analysis import ResidualGeometry
+
+    g = ResidualGeometry(torch.rand(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64), torch.rand(4), 1234)
+    g.save(tmp_path / "g.safetensors")
+    assert (tmp_path / "g.safetensors").read_bytes()[8:9] == b"{"  # a safetensors JSON header, not a pickle
+    back = ResidualGeometry.load(tmp_path / "g.safetensors")
+    assert back.tokens == 1234 and all(torch.equal(getattr(back, k), getattr(g, k)) for k in ("cos_mean", "cos_sem", "norm_mean"))

@@ -21,3 +21,21 @@ def test_bad_layers_argument(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", "micro-s", "--layers", "a,b"])
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_cli_rules_match_the_library(capsys):
+    assert main(["train", "--model", "micro-s", "--lr", "nan"]) == 2
+    assert "lr must be a positive finite number" in capsys.readouterr().err
+    assert main(["train", "--model", "micro-s", "--layers", "0,0"]) == 2
+    assert "name a layer more than once" in capsys.readouterr().err
+
+
+def test_eval_on_a_truncated_sae_is_one_line(tmp_path, capsys):
+    from mlsae.sae import MLSAE, SAEConfig
+
+    MLSAE(SAEConfig(d_model=8, n_latents=16, k=2)).save_pretrained(tmp_path / "sae")
+    weights = tmp_path / "sae" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])
+    assert main(["eval", "--sae", str(tmp_path / "sae"), "--model", "micro-s"]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors: cannot be read" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -54,3 +54,38 @@ def test_with_model_revalidates_and_resets_data():
     other = exp.with_model("micro-s", tuned_lens=True)
     assert other.model == "micro-s" and other.tuned_lens and other.data == "offline:micro"
     assert other.slug != exp.slug
+
+
+def test_list_parameters_take_json_text_and_check_every_element():
+    from mlsae.experiment import list_parameter
+
+    assert list_parameter("ks", "[16, 32]", int, positive=True) == [16, 32]  # papermill -p ks "[16, 32]"
+    assert list_parameter("ks", [16, 32], int) == [16, 32]  # papermill -y, or Python
+    assert list_parameter("models", None) is None
+    with pytest.raises(ValueError, match=r"ks='\[16, 32' is not a list.*-p ks '\[16, 32\]'.*-y"):
+        list_parameter("ks", "[16, 32", int)
+    with pytest.raises(TypeError, match="ks element"):
+        list_parameter("ks", '[16, "x"]', int)
+    with pytest.raises(ValueError, match="positive"):
+        list_parameter("ks", "[16, 0]", int, positive=True)
+    with pytest.raises(ValueError, match="non-empty list"):
+        list_parameter("ks", "[]", int)
+
+
+def test_series_and_sweep_points_fail_on_a_bad_element_before_any_work(monkeypatch):
+    from mlsae.experiment import family_models, sweep_points
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    exp = Experiment(preset="tiny")
+    assert series_models(exp, '["micro-l", "micro-s"]') == ["micro-s", "micro-m", "micro-l"]
+    with pytest.raises(ValueError, match="not-a-model"):
+        series_models(exp, '["micro-s", "not-a-model"]')
+    points = sweep_points(exp, "[2, 8]", "[8, 16]", 8)
+    assert [(w, e.expansion_factor, e.k) for w, e in points] == [("R", 2, 32), ("R", 8, 32), ("k", 8, 8), ("k", 8, 16)]
+    with pytest.raises(ValueError, match="exceeds the number of latents"):
+        sweep_points(exp, "[2, 8]", "[8, 100000]", 8)  # the k sweep's last point, caught before the R sweep trains
+    assert family_models(exp, '{"GPT-NeoX": ["micro-m", "micro-s"]}') == {"GPT-NeoX": ["micro-s", "micro-m"]}
+    with pytest.raises(ValueError, match="nope"):
+        family_models(exp, {"GPT-2": ["micro-gpt2-s", "nope"]})
+    with pytest.raises(ValueError, match="mapping"):
+        family_models(exp, "{not json")

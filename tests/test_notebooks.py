@@ -71,3 +71,20 @@ def test_notebook_runs_under_papermill_and_passes_nbval(path, tmp_path_factory, 
         capture_output=True, text=True, cwd=str(out.parent),
     )
     assert nbval.returncode == 0, f"nbval failed on {path.name}:\n{nbval.stdout[-4000:]}\n{nbval.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"preset": "tiny", "ks": "[8, 100000]"}, "exceeds the number of latents"),  # JSON text, as -p passes it
+    ({"preset": "tiny", "expansion_factors": "[2, 8"}, "is not a list"),
+])
+def test_a_bad_list_element_fails_in_the_first_cell(params, match, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLSAE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLSAE_FIGURES", str(tmp_path / "figures"))
+    path = ROOT / "notebooks" / "06_sweeps.ipynb"
+    run = run_notebook(path, tmp_path / "out.ipynb", params)
+    assert not run.ok and match in run.error
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    failed = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert failed == [2]  # parameters, injected parameters, then the first code cell
+    assert not (tmp_path / "home" / "saes").exists()  # nothing trained

@@ -216,3 +216,33 @@ def test_token_batches_errors(micro_tokenizer, local_text):
         token_batches(ds, micro_tokenizer, 0, 8)
     with pytest.raises(ValueError, match="max_tokens"):
         token_batches(ds, micro_tokenizer, 4, 2, max_tokens=0)
+
+
+def test_long_documents_are_tokenised_in_slices_with_the_same_tokens(micro_tokenizer, tmp_path, monkeypatch):
+    """One huge line is cut before spaces into slices: same ids as one call, one EOS at its end."""
+    import mlsae.data as data
+
+    words = ("Mary and John went to the store . " * 400).strip()
+    (tmp_path / "train.txt").write_text(words + "\n" + "a short one\n")
+    whole = micro_tokenizer(words, add_special_tokens=False).input_ids
+    short = micro_tokenizer("a short one", add_special_tokens=False).input_ids
+    calls = []
+    real = micro_tokenizer.__class__.__call__
+
+    monkeypatch.setattr(data, "SLICE_CHARS", 500)
+    monkeypatch.setattr(micro_tokenizer.__class__, "__call__",
+                        lambda self, texts, **kw: calls.append(max(map(len, texts))) or real(self, texts, **kw))
+    n = len(whole) + len(short) + 2
+    got = torch.cat([b.flatten() for b in token_batches(load_text(str(tmp_path)), micro_tokenizer, 1, 1)]).tolist()
+    assert got == (whole + [micro_tokenizer.eos_token_id] + short + [micro_tokenizer.eos_token_id])[:n]
+    assert calls and max(calls) <= 500  # never the whole document at once
+
+
+def test_slices_cut_before_spaces_and_cover_the_text():
+    from mlsae.data import _slices
+
+    text = "ab cd ef gh " * 10
+    pieces = list(_slices(text, 7))
+    assert "".join(p for p, _ in pieces) == text and [last for _, last in pieces][-1] is True
+    assert all(len(p) <= 7 for p, _ in pieces) and all(p.startswith(" ") for p, _ in pieces[1:])
+    assert list(_slices("x" * 20, 8)) == [("x" * 8, False), ("x" * 8, False), ("x" * 4, True)]

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from mlsae.metrics import evaluate
 from mlsae.models import load_model
-from mlsae.sae import MLSAE
+from mlsae.sae import MLSAE, SAEConfig
 from mlsae.train import TrainConfig, config_from_preset, train, train_many
 
 WORDS = "when mary and john went to the store gave a drink to the cat sat on mat dog ran fast".split()
@@ -215,3 +215,162 @@ def test_train_many_refuses_configurations_that_do_not_share_a_stream(tiny_model
     with pytest.raises(ValueError, match="k"):
         train_many(bad, [tmp_path / "a", tmp_path / "b"], progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_seq_len_beyond_the_models_context_fails_before_any_work(tiny_model_dir, text_dir, tmp_path):
+    # the tiny model has 64 positions: a raw IndexError deep in the model, minutes in, is what this replaces
+    with pytest.raises(ValueError, match=r"seq_len 128 is longer than .* context of 64 positions.*--seq-len 64"):
+        train(_cfg(tiny_model_dir, text_dir, seq_len=128), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_presets_shorten_seq_len_to_the_models_context_but_keep_an_explicit_one():
+    assert config_from_preset("paper", model="gpt2").seq_len == 1024  # GPT-2: 1024 positions
+    assert config_from_preset("paper", model="pythia-70m").seq_len == 2048
+    assert config_from_preset("paper", model="zoo-gpt2-s").seq_len == 1024
+    assert config_from_preset("default", model="zoo-m").seq_len == 128
+    assert config_from_preset("paper", model="gpt2", seq_len=2048).seq_len == 2048  # explicit: checked at train time
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(lr=float("nan")), "lr must be a positive finite number, got nan"),
+    (dict(lr=-1e-3), "lr must be"), (dict(adam_eps=float("inf")), "adam_eps"),
+    (dict(layers=[0, 0]), r"layers \[0, 0\] name a layer more than once"),
+])
+def test_hyper_parameters_are_validated_where_defined(tiny_model_dir, text_dir, change, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(tiny_model_dir, text_dir, **change)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error(tiny_model_dir, text_dir):
+    with pytest.raises(ValueError, match="no CUDA device is available here; use device 'cpu'"):
+        _cfg(tiny_model_dir, text_dir, device="cuda")
+
+
+def test_non_utf8_data_file_is_named_before_any_file_is_written(tiny_model_dir, tmp_path):
+    bad = tmp_path / "latin1"
+    bad.mkdir()
+    (bad / "train.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 50)
+    with pytest.raises(ValueError, match=r"train.txt is not UTF-8 text.*iconv"):
+        train(_cfg(tiny_model_dir, bad), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+# ---- resume is safe and explains itself ------------------------------------------------------------
+
+
+def _interrupted_run(tiny_model_dir, text_dir, out, monkeypatch, stop_at=7, **kw):
+    """Train until step ``stop_at`` dies (a checkpoint exists at step 5), as a kill would leave it."""
+    import mlsae.train as train_module
+
+    real = train_module._Run.end_step
+
+    def dying(self, model_seconds):
+        real(self, model_seconds)
+        if self.step == stop_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module._Run, "end_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_model_dir, text_dir, **kw), out, progress=False)
+    monkeypatch.setattr(train_module._Run, "end_step", real)
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 5
+
+
+def test_resume_with_other_hyper_parameters_is_refused_and_changes_nothing(tiny_model_dir, text_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _interrupted_run(tiny_model_dir, text_dir, out, monkeypatch)
+    before = (out / "train_config.json").read_text()
+    with pytest.raises(ValueError, match=r"cannot resume .* \(lr: checkpoint 0.003, now 0.01\).*--no-resume"):
+        train(_cfg(tiny_model_dir, text_dir, lr=1e-2), out, progress=False)
+    assert (out / "train_config.json").read_text() == before  # not rewritten with the refused values
+    # settings that do not touch the weights may change
+    result = train(_cfg(tiny_model_dir, text_dir, log_every=2), out, progress=False)
+    assert result.steps == 30
+
+
+@pytest.mark.parametrize("name", ["sae/model.safetensors", "optimizer.pt"])
+def test_truncated_checkpoint_file_is_one_clear_error(tiny_model_dir, text_dir, tmp_path, monkeypatch, name):
+    out = tmp_path / "run"
+    _interrupted_run(tiny_model_dir, text_dir, out, monkeypatch)
+    path = out / "checkpoint" / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"{path.name}: cannot be read .*(Delete|delete)"):
+        train(_cfg(tiny_model_dir, text_dir), out, progress=False)
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume(tiny_model_dir, text_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _interrupted_run(tiny_model_dir, text_dir, out, monkeypatch)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "loss": 0.1')  # what a kill during a log write leaves
+    result = train(_cfg(tiny_model_dir, text_dir), out, progress=False)
+    log = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 31)) and result.steps == 30
+
+
+def test_optimizer_state_is_loaded_without_pickle(tiny_model_dir, text_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _interrupted_run(tiny_model_dir, text_dir, out, monkeypatch)
+    calls = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw.get("weights_only")) or real(*a, **kw))
+    train(_cfg(tiny_model_dir, text_dir), out, progress=False)
+    assert calls == [True]
+
+
+def test_a_folder_being_trained_by_another_process_is_refused_and_the_cache_waits(tiny_model_dir, text_dir, tmp_path,
+                                                                                    monkeypatch):
+    import threading
+
+    from filelock import FileLock
+
+    import mlsae.train as train_module
+
+    def hold(path: Path, then=None):
+        """Another process, played by a thread with its own lock on the same file."""
+        held, done = threading.Event(), threading.Event()
+
+        def run():
+            with FileLock(str(path.resolve()) + ".lock"):
+                held.set()
+                if then is not None:
+                    time.sleep(0.5)
+                    then()
+                else:
+                    done.wait(30)
+
+        t = threading.Thread(target=run)
+        t.start()
+        held.wait(10)
+        return t, done
+
+    out = tmp_path / "run"
+    t, done = hold(out)
+    with pytest.raises(RuntimeError, match="being trained by another process.*another folder"):
+        train(_cfg(tiny_model_dir, text_dir), out, progress=False)
+    done.set()
+    t.join()
+    assert not out.exists()
+
+    # The cache (train_or_load) waits for the other process instead, then uses what it trained.
+    monkeypatch.setenv("MLSAE_HOME", str(tmp_path / "home"))
+    cfg = _cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 4)
+    cached = tmp_path / "home" / "saes" / cfg.cache_key()
+    cached.parent.mkdir(parents=True)
+    trained = []
+    monkeypatch.setattr(train_module, "train", lambda *a, **kw: trained.append(1))
+    t, _ = hold(cached, then=lambda: MLSAE(SAEConfig(d_model=32, n_latents=128, k=4, layers=[0, 1, 2])).save_pretrained(cached / "sae"))
+    sae, where = train_module.train_or_load(cfg, progress=False)
+    t.join()
+    assert where == cached and not trained and sae.cfg.n_latents == 128  # waited, then took the other's SAE
+
+
+def test_a_preset_means_the_same_in_the_cli_and_the_notebooks():
+    from mlsae.experiment import NOTEBOOK_PRESETS, Experiment
+
+    for preset in ("tiny", "default", "paper"):
+        cli = config_from_preset(preset, model=NOTEBOOK_PRESETS[preset]["model"])
+        nb = Experiment(preset=preset).train_config()
+        assert (cli.expansion_factor, cli.k, cli.max_tokens, cli.seq_len) == (nb.expansion_factor, nb.k, nb.max_tokens, nb.seq_len)

@@ -103,8 +103,8 @@ def _eval(args) -> int:
     from mlsae.models import load_model
     from mlsae.sae import MLSAE
 
+    sae = MLSAE.from_pretrained(args.sae).to(args.device)  # a missing or torn SAE fails before the model loads
     model, tokenizer = load_model(args.model, device=args.device)
-    sae = MLSAE.from_pretrained(args.sae).to(args.device)
     lens = residual_lens_for(args.model, model, tokenizer, data=args.data) if args.tuned_lens else None
     batches = token_batches(load_text(args.data, split="test"), tokenizer, args.seq_len, args.batch_size, max_tokens=args.tokens)
     result = evaluate(model, tokenizer, sae, batches, lens=lens)

@@ -122,7 +122,28 @@ def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
     bad = [l for l in layers if isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < n_layers]
     if bad:
         raise ValueError(f"layers {bad} out of range: the model has {n_layers} layers (0 … {n_layers - 1})")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layers {layers} name a layer more than once; list each layer once, e.g. "
+                         f"{sorted(set(layers))}")
     return layers
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model's position table covers (``None`` if its config does not say)."""
+    cfg = model.config
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_seq_len(seq_len: int, model: nn.Module, name: str) -> None:
+    """A clear error, before any work, for sequences longer than the model's context."""
+    limit = max_positions(model)
+    if limit is not None and seq_len > limit:
+        raise ValueError(f"seq_len {seq_len} is longer than {name}'s context of {limit} positions; "
+                         f"use seq_len {limit} or less (--seq-len {limit})")
 
 
 def _residual_streams(model, input_ids, attention_mask=None, *, layers=None, no_grad=True, stop_early=True) -> Tensor:

@@ -443,6 +443,22 @@ class ResidualGeometry:
     norm_mean: Tensor  # [layer]: mean L2 norm of the (uncentred) residual vector
     tokens: int
 
+    def save(self, path: Path) -> None:
+        """safetensors, the token count in the metadata (no pickle)."""
+        from safetensors.torch import save
+
+        from mlsae.paths import atomic_write_bytes
+
+        tensors = {k: getattr(self, k).contiguous() for k in ("cos_mean", "cos_sem", "norm_mean")}
+        atomic_write_bytes(Path(path), save(tensors, metadata={"tokens": str(self.tokens)}))
+
+    @classmethod
+    def load(cls, path: Path) -> "ResidualGeometry":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return cls(**{k: f.get_tensor(k) for k in f.keys()}, tokens=int(f.metadata()["tokens"]))
+
 
 @torch.no_grad()
 def residual_geometry(

@@ -54,18 +54,37 @@ def load_text(source: str = "offline", split: str = "train", streaming: bool = F
         from mlsae.text import offline_corpus
 
         preset = source.partition(":")[2] or "default"
-        ds = _load_local_dir(offline_corpus(preset), split, streaming, label=source)
+        files = _dir_files(offline_corpus(preset), split, label=source)
     elif _looks_local(source):
         path = Path(source).expanduser()
         if path.is_dir():
-            ds = _load_local_dir(path, split, streaming, label=source)
+            files = _dir_files(path, split, label=source)
         elif path.is_file():
-            ds = _load_local_files([path], streaming, label=source)
+            files = [path]
         else:
             raise FileNotFoundError(f"no such file or directory: {source!r}")
     else:
-        ds = _load_hub(source, split, streaming)
-    return _check(ds, source, split, text_field)
+        return _check(_load_hub(source, split, streaming), source, split, text_field)
+    try:
+        return _check(_load_local_files(files, streaming, label=source), source, split, text_field)
+    except UnicodeDecodeError as err:
+        bad = next((f for f in files if not _is_utf8(f)), files[0])
+        raise ValueError(f"{bad} is not UTF-8 text ({err.reason} at byte {err.start} of a record); mlsae reads "
+                         f"UTF-8: convert it, e.g. `iconv -f latin1 -t utf-8 {bad} > {bad}.utf8`") from None
+
+
+def _is_utf8(path: Path) -> bool:
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _looks_local(source: str) -> bool:
@@ -82,7 +101,7 @@ def _split_files(root: Path, split: str) -> list[Path]:
     return files
 
 
-def _load_local_dir(root: Path, split: str, streaming: bool, label: str):
+def _dir_files(root: Path, split: str, label: str) -> list[Path]:
     files = _split_files(root, split)
     if not files:
         present = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
@@ -90,7 +109,7 @@ def _load_local_dir(root: Path, split: str, streaming: bool, label: str):
             f"{label!r}: no {split!r} file in {root} (looked for {split}.jsonl, {split}.json, {split}.txt "
             f"and {split}-*.jsonl shards; found: {', '.join(present) or 'nothing'})"
         )
-    return _load_local_files(files, streaming, label)
+    return files
 
 
 def _has_text(path: Path) -> bool:
@@ -207,11 +226,35 @@ def _load_hub(source: str, split: str, streaming: bool):
 # ---- token batches ---------------------------------------------------------------------------
 
 
-def _texts(dataset, text_field: str) -> Iterator[str]:
-    for row in dataset:
-        text = row[text_field]
-        if text:
-            yield text
+# Documents longer than this many characters are tokenised in slices (cut before a space, where
+# byte-level BPE starts a new word anyway), so one huge line never becomes one huge token list.
+SLICE_CHARS = 1 << 16
+
+
+def _slices(text: str, n: int | None = None) -> Iterator[tuple[str, bool]]:
+    """``(piece, last)``: consecutive pieces of at most ``n`` (default :data:`SLICE_CHARS`) characters,
+    cut before a space where one is."""
+    n = n or SLICE_CHARS
+    start = 0
+    while len(text) - start > n:
+        cut = text.rfind(" ", start + 1, start + n)
+        cut = start + n if cut <= start else cut
+        yield text[start:cut], False
+        start = cut
+    yield text[start:], True
+
+
+def _texts(dataset, text_field: str) -> Iterator[tuple[str, bool]]:
+    """``(piece, end_of_document)`` for the non-empty texts of ``dataset``; a long document comes as
+    consecutive slices (:func:`_slices`), and only its last one is followed by EOS."""
+    try:
+        for row in dataset:
+            text = row[text_field]
+            if text:
+                yield from _slices(text)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"a data file is not UTF-8 text ({err.reason} at byte {err.start}); mlsae reads UTF-8 "
+                         f"text: convert it, e.g. with `iconv -f latin1 -t utf-8 FILE > FILE.utf8`") from err
 
 
 def _chunks(it: Iterable[str], n: int) -> Iterator[list[str]]:
@@ -255,11 +298,13 @@ def _token_batches(dataset, tokenizer, eos, seq_len, batch_size, per_batch, n_ba
     seen = 0
     if done >= n_batches:
         return
-    for docs in _chunks(_texts(dataset, text_field), 64):
-        for ids in tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]:
+    for pieces in _chunks(_texts(dataset, text_field), 64):
+        texts = [t for t, _ in pieces]
+        for ids, (_, last) in zip(tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"], pieces):
             buf.extend(ids)
-            buf.append(eos)
-        seen += len(docs)
+            if last:
+                buf.append(eos)
+                seen += 1
         while len(buf) - start >= per_batch:
             block = buf[start : start + per_batch]
             start += per_batch

@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from mlsae.paths import atomic_write_bytes, atomic_write_text, mlsae_home, safe_name
+from mlsae.paths import atomic_write_text, mlsae_home, safe_name
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -112,6 +112,8 @@ class Experiment:
                 )
             if self.layers is not None and any(not 0 <= l < n_layers for l in self.layers):
                 raise ValueError(f"layers {self.layers} out of range for {self.model} with {n_layers} layers")
+        if self.layers is not None and len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers {self.layers} name a layer more than once; list each layer once")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} but no CUDA device is available; use device='cpu'")
 
@@ -209,7 +211,15 @@ class Experiment:
 
         _, tokenizer = self.lm
         dataset = load_text(self.data, split=split, streaming=True)
-        return token_batches(dataset, tokenizer, self.settings["seq_len"], self.settings["batch_size"], max_tokens=tokens)
+        return token_batches(dataset, tokenizer, self.seq_len, self.settings["batch_size"], max_tokens=tokens)
+
+    @property
+    def seq_len(self) -> int:
+        """The preset's sequence length, shortened to the model's context (GPT-2: 1024)."""
+        from mlsae.models import model_context
+
+        context = model_context(self.model)
+        return min(self.settings["seq_len"], context) if context else self.settings["seq_len"]
 
     # ---- statistics, cached next to the SAE --------------------------------------------------
 
@@ -256,17 +266,11 @@ class Experiment:
 
     def geometry(self):
         """Adjacent-layer cosine similarity and norms of the residual stream (no SAE involved)."""
-        import pickle
+        from mlsae.analysis import ResidualGeometry, residual_geometry
 
-        from mlsae.analysis import residual_geometry
-
-        path = mlsae_home() / "geometry" / f"{safe_name(self.model)}-{safe_name(self.data)}-{self.eval_tokens}-lens{int(self.tuned_lens)}.pkl"
-        if path.exists():
-            return pickle.loads(path.read_bytes())
-        model, tokenizer = self.lm
-        geom = residual_geometry(model, tokenizer, lambda: self.batches(self.eval_tokens), lens=self.lens, progress=self.progress)
-        atomic_write_bytes(path, pickle.dumps(geom))
-        return geom
+        path = mlsae_home() / "geometry" / f"{safe_name(self.model)}-{safe_name(self.data)}-{self.eval_tokens}-lens{int(self.tuned_lens)}.safetensors"
+        return _load_or_compute(path, ResidualGeometry, lambda: residual_geometry(
+            *self.lm, lambda: self.batches(self.eval_tokens), lens=self.lens, progress=self.progress))
 
 
 def train_together(experiments: list[Experiment]) -> None:
@@ -279,12 +283,35 @@ def train_together(experiments: list[Experiment]) -> None:
         ensure_trained([e.train_config() for e in experiments], progress=experiments[0].progress)
 
 
-def series_models(exp: Experiment, models: list[str] | None = None) -> list[str]:
-    """The model-size series for ``exp``: ``models`` or the preset's, those loadable here, plus
-    ``exp.model``; ordered by depth then width. Hub models that are not cached are left out (and
-    said so), zoo models are always available."""
-    from mlsae.models import is_available, model_shape
+def list_parameter(name: str, value, kind: type = str, *, positive: bool = False) -> list | None:
+    """A notebook's list parameter as papermill hands it over: a list (``-y 'ks: [16, 32]'``, or Python),
+    or its JSON text (``-p ks '[16, 32]'``); every element checked, so a bad one fails in the first cell."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"parameter {name}={value!r} is not a list; pass JSON text, -p {name} '[16, 32]', "
+                             f"or YAML, -y '{name}: [16, 32]'") from None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"parameter {name}={value!r} should be a non-empty list, e.g. -p {name} '[16, 32]'")
+    for v in value:
+        _typed(f"{name} element", v, kind)
+        if positive and v <= 0:
+            raise ValueError(f"parameter {name}={list(value)} holds {v}; every element must be positive")
+    return list(value)
 
+
+def series_models(exp: Experiment, models: list[str] | str | None = None) -> list[str]:
+    """The model-size series for ``exp``: ``models`` (a list, or its JSON text) or the preset's, those
+    loadable here, plus ``exp.model``; ordered by depth then width. An unknown name fails at once; hub
+    models that are not cached are left out (and said so), zoo models are always available."""
+    from mlsae.models import is_available, model_shape, resolve_model
+
+    models = list_parameter("models", models)
+    for m in models or ():
+        resolve_model(m)  # an unknown name fails here, before any work
     wanted = list(models) if models is not None else list(exp.settings["models"])
     if exp.model not in wanted:
         wanted.append(exp.model)
@@ -293,6 +320,31 @@ def series_models(exp: Experiment, models: list[str] | None = None) -> list[str]
         print(f"not on this machine, left out of the series: {', '.join(missing)}")
     present = [m for m in wanted if m not in missing]
     return sorted(present, key=lambda m: model_shape(m) or (0, 0))
+
+
+def family_models(exp: Experiment, families: dict[str, list[str]] | str | None = None) -> dict[str, list[str]]:
+    """Notebook 12's families: ``families`` (a dict, or its JSON text) or the preset's, every name checked
+    at once, those not on this machine left out (and said so), each family ordered by depth then width."""
+    from mlsae.models import is_available, model_shape, resolve_model
+
+    if isinstance(families, str):
+        try:
+            families = json.loads(families)
+        except json.JSONDecodeError:
+            raise ValueError(f"parameter families={families!r} is not a mapping; pass JSON text, "
+                             f"-p families '{{\"GPT-2\": [\"gpt2\"]}}'") from None
+    wanted = families if families is not None else exp.settings["families"]
+    if not isinstance(wanted, dict) or not wanted:
+        raise ValueError(f"parameter families={wanted!r} should map a family name to a list of models")
+    wanted = {f: list_parameter(f"families[{f!r}]", ms) for f, ms in wanted.items()}
+    for m in (m for ms in wanted.values() for m in ms):
+        resolve_model(m)  # an unknown name fails here, before any work
+    missing = [m for ms in wanted.values() for m in ms if not is_available(m)]
+    if missing:
+        print(f"not on this machine, left out: {', '.join(missing)}")
+    present = {f: sorted((m for m in ms if m not in missing), key=lambda m: model_shape(m) or (0, 0))
+               for f, ms in wanted.items()}
+    return {f: ms for f, ms in present.items() if ms}
 
 
 def _load_or_compute(path: Path, kind, compute):
@@ -324,6 +376,16 @@ def _typed(name: str, value, kind: type):
     return value
 
 
+def sweep_points(exp: Experiment, expansion_factors, ks, k_expansion_factor: int) -> list[tuple[str, Experiment]]:
+    """The (R, k) points of :func:`sweep` as validated experiments: list parameters parsed (JSON text too)
+    and every point checked (k at most R * d_model) before anything is trained."""
+    expansion_factors = list_parameter("expansion_factors", expansion_factors, int, positive=True)
+    ks = list_parameter("ks", ks, int, positive=True)
+    k_expansion_factor = _typed("k_expansion_factor", k_expansion_factor, int)
+    points = [("R", r, exp.k) for r in expansion_factors] + [("k", k_expansion_factor, k) for k in ks]
+    return [(which, exp.with_model(exp.model, expansion_factor=r, k=k)) for which, r, k in points]
+
+
 def sweep(exp: Experiment, expansion_factors: list[int], ks: list[int], k_expansion_factor: int) -> list[dict]:
     """PAPER.md §4 item 9: R at ``exp.k``, and k at R = ``k_expansion_factor``, for ``exp.model``.
 
@@ -333,11 +395,11 @@ def sweep(exp: Experiment, expansion_factors: list[int], ks: list[int], k_expans
     """
     from mlsae.decoder import decoder_vectors, mmcs
 
-    points = [("R", r, exp.k) for r in expansion_factors] + [("k", k_expansion_factor, k) for k in ks]
-    train_together([exp.with_model(exp.model, expansion_factor=r, k=k) for _, r, k in points])
+    points = sweep_points(exp, expansion_factors, ks, k_expansion_factor)
+    train_together([e for _, e in points])
     rows = []
-    for which, r, k in points:
-        e = exp.with_model(exp.model, expansion_factor=r, k=k)
+    for which, e in points:
+        r, k = e.expansion_factor, e.k
         result, summary = e.evaluate(), e.distributions().summary()
         rows.append({
             "sweep": which, "R": r, "k": k, "n_latents": e.sae.cfg.n_latents,

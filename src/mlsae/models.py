@@ -23,6 +23,7 @@ use and the command that fetches the model on a machine with network.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -42,6 +43,7 @@ __all__ = [
     "is_available",
     "list_models",
     "load_model",
+    "model_context",
     "model_shape",
     "resolve_model",
 ]
@@ -57,6 +59,7 @@ class _Entry:
     d_model: int
     description: str
     aliases: tuple[str, ...] = ()
+    context: int = 2048  # positions the model was trained on (the longest usable seq_len)
 
 
 # Short names -> hub checkpoints, with the shapes of PAPER.md §1.
@@ -66,10 +69,10 @@ REGISTRY: dict[str, _Entry] = {
     "pythia-410m": _Entry("EleutherAI/pythia-410m-deduped", 24, 1024, "Pythia 410M (deduped), paper model"),
     "pythia-1b": _Entry("EleutherAI/pythia-1b-deduped", 16, 2048, "Pythia 1B (deduped), paper model"),
     "pythia-1.4b": _Entry("EleutherAI/pythia-1.4b-deduped", 24, 2048, "Pythia 1.4B (deduped), paper model"),
-    "gpt2": _Entry("openai-community/gpt2", 12, 768, "GPT-2 small", aliases=("gpt2",)),
+    "gpt2": _Entry("openai-community/gpt2", 12, 768, "GPT-2 small", aliases=("gpt2",), context=1024),
     # Other architecture families (the model-family comparison, notebook 12).
-    "gpt2-medium": _Entry("openai-community/gpt2-medium", 24, 1024, "GPT-2 medium", aliases=("gpt2-medium",)),
-    "gpt2-large": _Entry("openai-community/gpt2-large", 36, 1280, "GPT-2 large", aliases=("gpt2-large",)),
+    "gpt2-medium": _Entry("openai-community/gpt2-medium", 24, 1024, "GPT-2 medium", aliases=("gpt2-medium",), context=1024),
+    "gpt2-large": _Entry("openai-community/gpt2-large", 36, 1280, "GPT-2 large", aliases=("gpt2-large",), context=1024),
     "tinyllama-1.1b": _Entry("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", 22, 2048,
                              "TinyLlama 1.1B (Llama architecture, 3T tokens)"),
     "llama-3.2-1b": _Entry("meta-llama/Llama-3.2-1B", 16, 2048, "Llama 3.2 1B (gated on the hub: accept the licence first)"),
@@ -213,6 +216,28 @@ def _config_shape(path: Path) -> tuple[int, int] | None:
         return int(cfg.num_hidden_layers), int(cfg.hidden_size)
     except Exception:  # noqa: BLE001 - unknown config layout: shape simply unknown
         return None
+
+
+def model_context(name: str) -> int | None:
+    """The longest sequence ``name`` takes (its position table), without loading weights; ``None``
+    if unknown here (then :func:`mlsae.activations.max_positions` checks the loaded model)."""
+    src = resolve_model(name)
+    entry = REGISTRY.get(name) or next((e for e in REGISTRY.values() if e.repo_id == src.repo_id_or_path), None)
+    if entry is not None:
+        return entry.context
+    if src.kind == "zoo":
+        try:
+            from mlsae.zoo import ZOO
+
+            return 1024 if ZOO[name].arch == "gpt2" else 2048  # as ZooSpec.config sets them
+        except Exception:  # noqa: BLE001 - zoo missing or stubbed
+            return None
+    folder = Path(src.repo_id_or_path) if src.kind == "local" else _cached_snapshot(src)
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, TypeError, ValueError):
+        return None
+    return config.get("max_position_embeddings") or config.get("n_positions")
 
 
 def model_shape(name: str) -> tuple[int, int] | None:

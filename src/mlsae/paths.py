@@ -73,3 +73,17 @@ def _rmtree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def run_lock(path: Path):
+    """The inter-process lock guarding the folder ``path`` (file ``<path>.lock``), on ``filelock``.
+
+    One instance per path in a process, so the same process may take it again (re-entrant), while
+    another process waits (``with lock:``) or gives up (``lock.acquire(timeout=0)`` raises
+    ``filelock.Timeout``).
+    """
+    from filelock import FileLock
+
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock", is_singleton=True, thread_local=False)

@@ -339,7 +339,14 @@ class MLSAE(nn.Module):
             raw = json.loads(config_path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{config_path}: not valid JSON ({err})") from err
-        tensors = load_file(str(weights_path))
+        try:
+            tensors = load_file(str(weights_path))
+        except Exception as err:  # safetensors raises its own error type for a torn or foreign file
+            raise ValueError(
+                f"{weights_path}: cannot be read ({err}); the file is truncated or not a safetensors file, e.g. "
+                "from a run killed while writing. Delete its folder and train again (a training run resumes "
+                "from its last complete checkpoint)"
+            ) from None
         if "n_inputs" in raw:  # released layout (tim-lawson/mlsae TopKSAE)
             try:
                 cfg = SAEConfig(

@@ -12,9 +12,11 @@ and dead-latent counters, giving the same final weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +26,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mlsae.activations import check_layers, residual_batches
+from mlsae.activations import check_layers, check_seq_len, residual_batches
 from mlsae.data import load_text, token_batches
 from mlsae.lens import residual_lens_for, sae_inputs
 from mlsae.models import load_model
-from mlsae.paths import atomic_dir, atomic_write_text, mlsae_home, safe_name
+from mlsae.paths import atomic_dir, atomic_write_text, mlsae_home, run_lock, safe_name
 from mlsae.sae import MLSAE, SAEConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -78,6 +80,18 @@ class TrainConfig:
             raise ValueError(f"autocast must be one of {sorted(DTYPES)}, got {self.autocast!r}")
         if self.autocast == "fp16" and not self.device.startswith("cuda"):
             raise ValueError("autocast='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
+        for name in ("lr", "adam_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if not math.isfinite(self.auxk_coef) or self.auxk_coef < 0:
+            raise ValueError(f"auxk_coef must be a finite number >= 0, got {self.auxk_coef!r}")
+        if self.layers is not None and len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers {self.layers} name a layer more than once; list each layer once, "
+                             f"e.g. {sorted(set(self.layers))}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} but no CUDA device is available here; use device 'cpu' "
+                             f"(--device cpu)")
 
     @property
     def tokens_per_step(self) -> int:
@@ -114,21 +128,33 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "paper": {},
     "default": dict(
-        data="offline", seq_len=128, batch_size=32, max_tokens=1_000_000, lr=1e-3, dead_tokens=500_000,
-        checkpoint_every=100, encoder_init="fit",
+        expansion_factor=16, data="offline", seq_len=128, batch_size=32, max_tokens=1_000_000, lr=1e-3,
+        dead_tokens=500_000, checkpoint_every=100, encoder_init="fit",
     ),
     "tiny": dict(
-        data="offline:micro", seq_len=64, batch_size=8, max_tokens=40_000, lr=2e-3, dead_tokens=20_000,
-        k_aux=32, checkpoint_every=20, log_every=5, encoder_init="fit",
+        expansion_factor=8, data="offline:micro", seq_len=64, batch_size=8, max_tokens=40_000, lr=2e-3,
+        dead_tokens=20_000, k_aux=32, checkpoint_every=20, log_every=5, encoder_init="fit",
     ),
 }
 
 
 def config_from_preset(preset: str = "default", **overrides) -> TrainConfig:
-    """A TrainConfig from a named preset, with explicit overrides applied on top."""
+    """A TrainConfig from a named preset, with explicit overrides applied on top.
+
+    A preset's ``seq_len`` longer than the model's context (GPT-2: 1024 positions, the ``paper``
+    preset: 2048) is shortened to the context; an explicit ``seq_len`` is kept (and checked by
+    :func:`train_many` against the loaded model).
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return TrainConfig(**{**PRESETS[preset], "preset": preset, **overrides})
+    values = {**PRESETS[preset], "preset": preset, **overrides}
+    if "seq_len" not in overrides and "model" in overrides:
+        from mlsae.models import model_context
+
+        context = model_context(overrides["model"])
+        if context is not None:
+            values["seq_len"] = min(values.get("seq_len", TrainConfig.seq_len), context)
+    return TrainConfig(**values)
 
 
 # --------------------------------------------------------------------------------------
@@ -182,6 +208,7 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, r
     # Everything that can fail on bad input fails before anything is written.
     cfg0 = cfgs[0]
     model, tokenizer = load_model(cfg0.model, device=cfg0.device)
+    check_seq_len(cfg0.seq_len, model, cfg0.model)
     n_layers = model.config.num_hidden_layers
     layers = [check_layers(c.layers, n_layers) for c in cfgs]
     dataset = load_text(cfg0.data, split="train", streaming=True)  # an empty or missing data set fails here
@@ -192,10 +219,30 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, r
     sae_cfgs = [SAEConfig.from_expansion_factor(model.config.hidden_size, c.expansion_factor, c.k, k_aux=c.k_aux,
                                                 auxk_coef=c.auxk_coef, dead_tokens=c.dead_tokens, layers=l)
                 for c, l in zip(cfgs, layers)]  # validated for every SAE before any folder is written
+    with contextlib.ExitStack() as held:
+        for d in sorted(out_dirs):  # one process trains into a folder at a time
+            held.enter_context(_take(run_lock(d), d))
+        return _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress)
+
+
+def _take(lock, out_dir: Path):
+    from filelock import Timeout
+
+    try:
+        return lock.acquire(timeout=0)
+    except Timeout:
+        raise RuntimeError(f"{out_dir} is being trained by another process (lock {lock.lock_file}); wait for it "
+                           f"to finish, or train into another folder (--out)") from None
+
+
+def _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress) -> list[TrainResult]:
+    cfg0 = cfgs[0]
     runs = [_Run(c, d, sc, lenses.get(c.seed) if c.tuned_lens else None, resume)
             for c, d, sc in zip(cfgs, out_dirs, sae_cfgs)]
     steps = {r.step for r in runs}
     if len(steps) > 1:  # resumed from different checkpoints: no shared stream position
+        for r in runs:
+            r.close()
         return [train_many([r.cfg], [r.out_dir], resume=resume, progress=progress)[0] for r in runs]
     step = steps.pop()
 
@@ -244,17 +291,20 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, out_dir: Path, sae_cfg: SAEConfig, lens, resume: bool):
         self.cfg, self.out_dir, self.layers, self.lens = cfg, out_dir, list(sae_cfg.layers), lens
-        out_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir, self.log_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
-        atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
+        resuming = resume and (self.ckpt_dir / "state.json").exists()
+        if resuming:
+            _check_resume_config(self.ckpt_dir, cfg)  # before anything in the folder is rewritten
+        out_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
         self.sae = MLSAE(sae_cfg).to(cfg.device)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.autocast == "fp16" else None
         self.step, self.tokens, self.elapsed, self.metrics = 0, 0, 0.0, []
-        if resume and (self.ckpt_dir / "state.json").exists():
+        if resuming:
             self.step, self.tokens, self.elapsed = _load_checkpoint(self.ckpt_dir, self.sae, self.opt, cfg)
             self.metrics = [m for m in _read_jsonl(self.log_path) if m["step"] <= self.step]
+        atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
         atomic_write_text(self.log_path, "".join(json.dumps(m) + "\n" for m in self.metrics))
         self.log_file = open(self.log_path, "a")
         self.own_seconds = 0.0  # time in this SAE's own work, this session
@@ -305,7 +355,7 @@ class _Run:
             self.log_file.write(json.dumps(row) + "\n")
             self.log_file.flush()
         if self.step % cfg.checkpoint_every == 0 and self.step < cfg.total_steps:
-            _save_checkpoint(self.ckpt_dir, sae, opt, self.step, self.tokens, seconds)
+            _save_checkpoint(self.ckpt_dir, sae, opt, self.step, self.tokens, seconds, cfg)
 
     def close(self) -> None:
         self.log_file.close()
@@ -323,19 +373,27 @@ def train_or_load(cfg: TrainConfig, *, progress: bool = True) -> tuple[MLSAE, Pa
     """The SAE for ``cfg`` from the shared cache, training it first if it is not there yet."""
     out_dir = mlsae_home() / "saes" / cfg.cache_key()
     if not (out_dir / "sae" / "config.json").exists():
-        train(cfg, out_dir, progress=progress)
+        with run_lock(out_dir):  # another process training the same SAE: wait for it, then use its result
+            if not (out_dir / "sae" / "config.json").exists():
+                train(cfg, out_dir, progress=progress)
     return MLSAE.from_pretrained(out_dir / "sae").to(cfg.device), out_dir
 
 
 def ensure_trained(cfgs: list[TrainConfig], *, progress: bool = True) -> None:
     """Train the SAEs of ``cfgs`` that the shared cache lacks, one model pass for each group that
     shares a token stream (:data:`STREAM_FIELDS`). Same weights as training each alone."""
-    missing = {c.cache_key(): c for c in cfgs if not (mlsae_home() / "saes" / c.cache_key() / "sae" / "config.json").exists()}
-    groups: dict[str, list[TrainConfig]] = {}
-    for c in missing.values():
-        groups.setdefault(json.dumps([getattr(c, f) for f in STREAM_FIELDS]), []).append(c)
-    for group in groups.values():
-        train_many(group, progress=progress)
+    def missing(configs):
+        return {c.cache_key(): c for c in configs if not (mlsae_home() / "saes" / c.cache_key() / "sae" / "config.json").exists()}
+
+    todo = missing(cfgs)
+    with contextlib.ExitStack() as held:
+        for key in sorted(todo):  # another process training one of them: wait for it, then use its result
+            held.enter_context(run_lock(mlsae_home() / "saes" / key))
+        groups: dict[str, list[TrainConfig]] = {}
+        for c in missing(todo.values()).values():
+            groups.setdefault(json.dumps([getattr(c, f) for f in STREAM_FIELDS]), []).append(c)
+        for group in groups.values():
+            train_many(group, progress=progress)
 
 
 class _Accumulator:
@@ -387,25 +445,63 @@ def _nan_message(what: str, step: int, ckpt_dir: Path) -> str:
     )
 
 
-def _save_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, step: int, tokens: int, elapsed: float) -> None:
+def _save_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, step: int, tokens: int, elapsed: float, cfg: TrainConfig) -> None:
     with atomic_dir(ckpt_dir) as tmp:
         sae.save_pretrained(tmp / "sae")
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        (tmp / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         (tmp / "state.json").write_text(json.dumps({"step": step, "tokens": tokens, "seconds": elapsed}))
 
 
+# Settings a resumed run may change: they do not touch the weights.
+_RESUMABLE_CHANGES = ("device", "checkpoint_every", "log_every", "preset")
+
+
+def _check_resume_config(ckpt_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a checkpoint under other hyper-parameters (the checkpoint's would silently win)."""
+    path = ckpt_dir / "train_config.json"
+    if not path.exists():  # checkpoints written before the config was stored with them
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError:
+        raise ValueError(f"{path}: not valid JSON; delete {ckpt_dir} to start this run over") from None
+    now = cfg.to_dict()
+    changed = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
+               if k not in _RESUMABLE_CHANGES and saved.get(k, now[k]) != now[k]]
+    if changed:
+        raise ValueError(f"cannot resume {ckpt_dir} with other settings ({'; '.join(changed)}): resume with the "
+                         f"checkpoint's settings, or start over (--no-resume, or another --out)")
+
+
 def _load_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, cfg: TrainConfig) -> tuple[int, int, float]:
-    saved = MLSAE.from_pretrained(ckpt_dir / "sae")
+    saved = MLSAE.from_pretrained(ckpt_dir / "sae")  # a torn model.safetensors is a clear ValueError there
     if saved.cfg != sae.cfg:
         raise ValueError(f"checkpoint at {ckpt_dir} was written for a different SAE configuration; delete it or change out_dir")
     sae.load_state_dict(saved.state_dict())
-    opt.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", map_location=cfg.device))
+    path = ckpt_dir / "optimizer.pt"
+    try:
+        state = torch.load(path, map_location=cfg.device, weights_only=True)  # tensors and numbers only
+    except Exception as err:  # a torn zip archive, or anything that is not a plain state dict
+        raise ValueError(f"{path}: cannot be read ({type(err).__name__}: {str(err)[:200]}); the checkpoint is "
+                         f"incomplete. Delete {ckpt_dir} to start this run over (--no-resume)") from None
+    opt.load_state_dict(state)
     state = json.loads((ckpt_dir / "state.json").read_text())
     return state["step"], state["tokens"], state["seconds"]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """The rows of a metrics log; a torn last line (a kill while it was written) is dropped."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                break  # the torn last line: the checkpoint's step bounds what is kept anyway
+            raise ValueError(f"{path}: line {i + 1} is not JSON; delete the file to start its log over") from None
+    return rows
 
