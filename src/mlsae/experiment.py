@@ -288,12 +288,7 @@ def list_parameter(name: str, value, kind: type = str, *, positive: bool = False
     or its JSON text (``-p ks '[16, 32]'``); every element checked, so a bad one fails in the first cell."""
     if value is None:
         return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError(f"parameter {name}={value!r} is not a list; pass JSON text, -p {name} '[16, 32]', "
-                             f"or YAML, -y '{name}: [16, 32]'") from None
+    value = _from_json_text(name, value, "a list", f"-p {name} '[16, 32]', or YAML, -y '{name}: [16, 32]'")
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError(f"parameter {name}={value!r} should be a non-empty list, e.g. -p {name} '[16, 32]'")
     for v in value:
@@ -301,6 +296,16 @@ def list_parameter(name: str, value, kind: type = str, *, positive: bool = False
         if positive and v <= 0:
             raise ValueError(f"parameter {name}={list(value)} holds {v}; every element must be positive")
     return list(value)
+
+
+def _from_json_text(name: str, value, what: str, example: str):
+    """``value`` itself, or parsed when papermill's ``-p`` handed over its JSON text."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise ValueError(f"parameter {name}={value!r} is not {what}; pass JSON text, {example}") from None
 
 
 def series_models(exp: Experiment, models: list[str] | str | None = None) -> list[str]:
@@ -327,12 +332,7 @@ def family_models(exp: Experiment, families: dict[str, list[str]] | str | None =
     at once, those not on this machine left out (and said so), each family ordered by depth then width."""
     from mlsae.models import is_available, model_shape, resolve_model
 
-    if isinstance(families, str):
-        try:
-            families = json.loads(families)
-        except json.JSONDecodeError:
-            raise ValueError(f"parameter families={families!r} is not a mapping; pass JSON text, "
-                             f"-p families '{{\"GPT-2\": [\"gpt2\"]}}'") from None
+    families = _from_json_text("families", families, "a mapping", """-p families '{"GPT-2": ["gpt2"]}'""")
     wanted = families if families is not None else exp.settings["families"]
     if not isinstance(wanted, dict) or not wanted:
         raise ValueError(f"parameter families={wanted!r} should map a family name to a list of models")
