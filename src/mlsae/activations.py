@@ -122,6 +122,12 @@ def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
     bad = [l for l in layers if isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < n_layers]
     if bad:
         raise ValueError(f"layers {bad} out of range: the model has {n_layers} layers (0 … {n_layers - 1})")
+    return check_unique_layers(layers)
+
+
+def check_unique_layers(layers: Sequence[int]) -> list[int]:
+    """``layers`` as a list, or a clear ValueError if one layer is named twice (it would train on it twice)."""
+    layers = list(layers)
     if len(set(layers)) != len(layers):
         raise ValueError(f"layers {layers} name a layer more than once; list each layer once, e.g. "
                          f"{sorted(set(layers))}")

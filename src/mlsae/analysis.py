@@ -81,6 +81,14 @@ def _moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return x.sum(0), (l * x).sum(0), (l * l * x).sum(0)
 
 
+def _paper_aggregate_terms(m: Tensor, first_layer: float) -> tuple[float, float]:
+    """The paper's ``exp_var_l_f`` (mean over latents of ``V(M[:, j])``) and ``var_l`` (``V`` of the mean
+    over latents) from ``M`` [layer, latent], layers numbered from ``first_layer``."""
+    exp_f = float(layer_variance(*_moments(m), first_layer, normalise=False).mean())
+    var_l = float(layer_variance(*_moments(m.mean(1)), first_layer, normalise=False))
+    return exp_f, var_l
+
+
 @dataclass
 class LayerDistributions:
     """Sufficient statistics of latent activity over layers; everything else is derived."""
@@ -228,9 +236,8 @@ class LayerDistributions:
             return {}
         n_latents = self.p_sum.shape[1]
         m = self.p_sum / self.tokens  # M [layer, latent]
-        exp_f = float(layer_variance(*_moments(m), first_layer, normalise=False).mean())
+        exp_f, var_l = _paper_aggregate_terms(m, first_layer)
         exp_tf = self.token_var_sum / (self.tokens * n_latents)
-        var_l = float(layer_variance(*_moments(m.mean(1)), first_layer, normalise=False))
         return {"exp_var_l_tf": exp_tf, "exp_var_l_f": exp_f, "var_l": var_l, "rel_var_f": exp_f / var_l,
                 "rel_var_t": exp_tf / exp_f, "ratio": exp_f / exp_tf if exp_tf > 0 else float("inf")}
 
@@ -376,10 +383,8 @@ class LayerDistributionAccumulator:
         s, t = self.stats, self._win_tokens
         m = self._win_p / t  # M [layer, latent]
         tf = torch.tensor([self._win_var / (t * self.n_latents)], dtype=torch.float64)
-        f = torch.tensor([[float(layer_variance(*_moments(m), c, normalise=False).mean())] for c in FIRST_LAYERS],
-                         dtype=torch.float64)
-        v = torch.tensor([[float(layer_variance(*_moments(m.mean(1)), c, normalise=False))] for c in FIRST_LAYERS],
-                         dtype=torch.float64)
+        terms = torch.tensor([_paper_aggregate_terms(m, c) for c in FIRST_LAYERS], dtype=torch.float64)  # [numbering, 2]
+        f, v = terms[:, :1], terms[:, 1:]
         s.paper_tf, s.paper_f, s.paper_var = torch.cat([s.paper_tf, tf]), torch.cat([s.paper_f, f], 1), torch.cat([s.paper_var, v], 1)
         self._win_p.zero_()
         self._win_var, self._win_tokens = 0.0, 0

@@ -112,8 +112,10 @@ class Experiment:
                 )
             if self.layers is not None and any(not 0 <= l < n_layers for l in self.layers):
                 raise ValueError(f"layers {self.layers} out of range for {self.model} with {n_layers} layers")
-        if self.layers is not None and len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"layers {self.layers} name a layer more than once; list each layer once")
+        if self.layers is not None:
+            from mlsae.activations import check_unique_layers
+
+            check_unique_layers(self.layers)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} but no CUDA device is available; use device='cpu'")
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mlsae.activations import check_layers, check_seq_len, residual_batches
+from mlsae.activations import check_layers, check_seq_len, check_unique_layers, residual_batches
 from mlsae.data import load_text, token_batches
 from mlsae.lens import residual_lens_for, sae_inputs
 from mlsae.models import load_model
@@ -86,9 +86,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if not math.isfinite(self.auxk_coef) or self.auxk_coef < 0:
             raise ValueError(f"auxk_coef must be a finite number >= 0, got {self.auxk_coef!r}")
-        if self.layers is not None and len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"layers {self.layers} name a layer more than once; list each layer once, "
-                             f"e.g. {sorted(set(self.layers))}")
+        if self.layers is not None:
+            check_unique_layers(self.layers)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} but no CUDA device is available here; use device 'cpu' "
                              f"(--device cpu)")
