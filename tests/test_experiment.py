@@ -49,6 +49,23 @@ def test_series_leaves_out_models_that_are_not_here(monkeypatch, capsys):
     assert "pythia-70m" in capsys.readouterr().out
 
 
+def test_figure_names_carry_the_series_and_families():
+    """A series or family set other than the preset's never gets the name of the committed figure."""
+    exp = Experiment(preset="tiny")
+    preset_series = series_models(exp, None)
+    assert exp.series_slug(preset_series) == exp.slug_without_model == "tiny-x8-k32"
+    assert exp.series_slug(preset_series, "tiny") == "tiny"
+    extra = exp.with_model("micro-gpt2-s")  # -p model micro-gpt2-s: the model joins the preset's series
+    named = extra.series_slug(series_models(extra, None))
+    assert named != extra.slug_without_model and "micro-gpt2-s" in named and "micro-m" in named
+    assert exp.series_slug(["micro-s", "micro-m"]) == "tiny-x8-k32-micro-m+micro-s"
+    long = exp.series_slug([f"some-org/a-long-model-name-{i}" for i in range(4)])
+    assert long.startswith("tiny-x8-k32-set-") and len(long) < 40
+    assert exp.families_slug(exp.settings["families"]) == exp.slug_without_model
+    other = exp.families_slug({"GPT-2": ["micro-gpt2-s"]})
+    assert other.startswith("tiny-x8-k32-") and other != exp.families_slug({"GPT-2": ["micro-gpt2-m"]})
+
+
 def test_with_model_revalidates_and_resets_data():
     exp = Experiment(preset="tiny")
     other = exp.with_model("micro-s", tuned_lens=True)

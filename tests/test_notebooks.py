@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mlsae.notebooks import notebook_paths, parameter_names, run_notebook
+from mlsae.notebooks import changed_parameters, figures_for, notebook_paths, parameter_names, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
@@ -56,6 +56,34 @@ def test_notebook_is_thin_parameterised_and_clean(path):
         if c.cell_type == "code":
             assert not c.get("outputs") and c.get("execution_count") is None, "committed notebooks carry no outputs"
             assert len(c.source.splitlines()) <= 40, "a cell longer than a screen belongs in src/"
+
+
+NB03_DEFAULTS = dict(model=None, preset="default", expansion_factor=None, k=32, tuned_lens=False, models=None,
+                    train_tokens=None, analysis_tokens=None, seed=42, device="cpu")
+
+
+def test_only_the_default_run_writes_the_committed_figures(monkeypatch):
+    """``papermill 03_... -p model X`` must not overwrite what the README shows: any parameter changed from
+    the notebook's own default sends the figures to outputs/figures/ (unless $MLSAE_FIGURES says where)."""
+    monkeypatch.delenv("MLSAE_FIGURES", raising=False)
+    assert changed_parameters("03_layer_variance", NB03_DEFAULTS) == []
+    assert figures_for("03_layer_variance", NB03_DEFAULTS).root == ROOT / "figures"
+    assert changed_parameters("03_layer_variance", {**NB03_DEFAULTS, "device": "cuda"}) == []  # where, not what
+    for changed in ({"model": "pythia-1b"}, {"models": '["zoo-s"]'}, {"seed": 0}, {"preset": "tiny"}):
+        values = {**NB03_DEFAULTS, **changed}
+        assert changed_parameters("03_layer_variance", values) == list(changed)
+        assert figures_for("03_layer_variance", values).root == ROOT / "outputs" / "figures"
+    assert sorted(changed_parameters("03_layer_variance", {})) == sorted(set(NB03_DEFAULTS) - {"device"})
+    assert changed_parameters("99_no_such_notebook", NB03_DEFAULTS)  # unreadable: never the committed run
+    monkeypatch.setenv("MLSAE_FIGURES", "/somewhere/else")
+    assert figures_for("03_layer_variance", {**NB03_DEFAULTS, "model": "x"}).root == Path("/somewhere/else")
+
+
+def test_every_notebook_writes_through_its_figure_folder():
+    for path in notebook_paths():
+        source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        assert f'figures_for("{path.stem}", globals())' in source, path.name
+        assert "save_figure(" not in source and "save_table(" not in source and "FIGURES" not in source, path.name
 
 
 @pytest.mark.slow

@@ -126,6 +126,8 @@ def _figures(args) -> int:
     write_summary(runs, EXECUTED / "summary.json")
     print(summary(runs))
     print(f"executed notebooks: {EXECUTED}")
+    print("figures: figures/ for the notebooks' default parameters, outputs/figures/ for any other "
+          "($MLSAE_FIGURES overrides both)")
     return 0 if runs and all(r.ok for r in runs) else 1
 
 

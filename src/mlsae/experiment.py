@@ -9,6 +9,7 @@ what it needs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, fields
 from functools import cached_property
@@ -34,7 +35,7 @@ NOTEBOOK_PRESETS: dict[str, dict] = {
                   "Llama": ["micro-llama-s", "micro-llama-m"]},
     ),
     "default": dict(
-        train="default", model="zoo-m", models=["zoo-s", "zoo-m", "zoo-l", "zoo-xl"], expansion_factor=16,
+        train="default", model="zoo-m", models=["zoo-s", "zoo-m", "zoo-xl"], expansion_factor=16,
         eval_tokens=32_768, analysis_tokens=262_144, seq_len=128, batch_size=32, lens_tokens=400_000,
         sweep=dict(model="zoo-s", expansion_factors=[1, 2, 4, 8, 16, 32, 64], ks=[16, 32, 64, 128], k_expansion_factor=64,
                    train_tokens=500_000, analysis_tokens=65_536),
@@ -53,6 +54,16 @@ NOTEBOOK_PRESETS: dict[str, dict] = {
     ),
 }
 HUB_DATA = "monology/pile-uncopyrighted"
+
+
+def _named_set(base: str, chosen, preset) -> str:
+    """``base`` when ``chosen`` is the preset's set of models, else ``base`` plus a name for ``chosen``."""
+    if chosen == preset:
+        return base
+    names = "+".join(safe_name(m) for m in chosen) if isinstance(chosen, list) else ""
+    if names and len(names) <= 60:
+        return f"{base}-{names}"
+    return f"{base}-set-{hashlib.sha1(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
 def preset_settings(preset: str) -> dict:
@@ -125,6 +136,18 @@ class Experiment:
     def slug_without_model(self) -> str:
         """File-name stem for figures that span several models."""
         return f"{self.preset}-x{self.expansion_factor}-k{self.k}" + ("-lens" if self.tuned_lens else "")
+
+    def series_slug(self, models: list[str], base: str | None = None) -> str:
+        """File-name stem for figures over the models ``models``: ``base`` (default
+        :attr:`slug_without_model`) for the preset's series, and the model names (or their hash, when
+        long) appended for any other set, so a series with an extra model never takes the preset's name."""
+        return _named_set(base or self.slug_without_model, sorted(models), sorted(self.settings["models"]))
+
+    def families_slug(self, families: dict[str, list[str]]) -> str:
+        """File-name stem for notebook 12's figures: as :meth:`series_slug`, for families of models."""
+        label = {f: sorted(ms) for f, ms in families.items()}
+        preset = {f: sorted(ms) for f, ms in self.settings["families"].items()}
+        return _named_set(self.slug_without_model, label, preset)
 
     @property
     def slug(self) -> str:

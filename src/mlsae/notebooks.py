@@ -6,15 +6,23 @@ suite, which executes every notebook with the ``tiny`` preset before validating 
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
-ROOT = Path(__file__).resolve().parents[2]
+from mlsae import plots
+from mlsae.paths import repository_root
+
+ROOT = repository_root() or Path.cwd()
 NOTEBOOKS = ROOT / "notebooks"
 EXECUTED = ROOT / "outputs" / "executed"
+# Parameters that change where the work runs but not what a figure shows.
+NOT_IN_FIGURES = frozenset({"device"})
 
 
 def notebook_paths(notebooks_dir: Path = NOTEBOOKS) -> list[Path]:
@@ -27,6 +35,40 @@ def parameter_names(path: Path) -> list[str]:
     import papermill
 
     return sorted(papermill.inspect_notebook(str(path)).keys())
+
+
+def changed_parameters(notebook: str, values: Mapping[str, object], notebooks_dir: Path = NOTEBOOKS) -> list[str]:
+    """The parameters of ``notebook`` whose value in ``values`` (a notebook's ``globals()``) differs from
+    the default in its ``parameters`` cell; every one if the notebook file cannot be read."""
+    import papermill
+
+    path = notebooks_dir / f"{notebook}.ipynb"
+    if not path.is_file():
+        return [f"(notebook {path} not found)"]
+    changed = []
+    for name, info in papermill.inspect_notebook(str(path)).items():
+        if name in NOT_IN_FIGURES:
+            continue
+        try:
+            default = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            changed.append(name)  # a default that is not a literal: cannot tell, so not the committed run
+            continue
+        if name not in values or values[name] != default:
+            changed.append(name)
+    return changed
+
+
+def figures_for(notebook: str, values: Mapping[str, object]) -> plots.Figures:
+    """Where this notebook run writes its figures: the committed ``figures/<notebook>`` only when every
+    parameter keeps its default (see :func:`mlsae.plots.figures_root`), so ``-p model X`` cannot overwrite
+    a figure the README shows."""
+    changed = changed_parameters(notebook, values)
+    root = plots.figures_root(default_run=not changed)
+    if changed and not os.environ.get("MLSAE_FIGURES"):
+        print(f"not the default run ({', '.join(changed)} changed): figures go to {root / notebook} "
+              "(set MLSAE_FIGURES to choose)")
+    return plots.Figures(notebook, root)
 
 
 @dataclass

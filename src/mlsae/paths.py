@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Iterator
 
 
+def repository_root() -> Path | None:
+    """The checkout this package runs from (an editable install), or ``None`` when installed elsewhere."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
+
+
 def mlsae_home() -> Path:
     root = Path(os.environ.get("MLSAE_HOME", Path.home() / ".cache" / "mlsae")).expanduser()
     root.mkdir(parents=True, exist_ok=True)

@@ -19,19 +19,47 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from mlsae.analysis import LayerDistributions, ResidualGeometry  # noqa: E402
-from mlsae.paths import atomic_write_bytes  # noqa: E402
+from mlsae.paths import atomic_write_bytes, atomic_write_text, repository_root  # noqa: E402
 
 import os  # noqa: E402
-
-# Where figures go: the repository's figures/ (committed PNGs of the default run), or $MLSAE_FIGURES
-# (the test suite points it at a temporary folder so that CI runs never touch figures/).
-FIGURES = Path(os.environ.get("MLSAE_FIGURES", Path(__file__).resolve().parents[2] / "figures"))
+from dataclasses import dataclass  # noqa: E402
 
 sns.set_theme(context="paper", style="ticks", font_scale=1.0)
 
 
-def save_figure(fig: Figure, notebook: str, name: str, root: Path = FIGURES) -> list[Path]:
+def figures_root(default_run: bool = True) -> Path:
+    """Where figures go: ``$MLSAE_FIGURES`` when set (an explicit ask; the test suite points it at a
+    temporary folder); else the committed ``figures/`` for a default run and ``outputs/figures/`` for any
+    other, so that a run with other parameters never overwrites what the README shows. Both sit in the
+    repository, or in the working directory when the package is installed without one."""
+    if os.environ.get("MLSAE_FIGURES"):
+        return Path(os.environ["MLSAE_FIGURES"]).expanduser()
+    base = repository_root() or Path.cwd()
+    return base / "figures" if default_run else base / "outputs" / "figures"
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One notebook's figure folder: ``<root>/<notebook>/``."""
+
+    notebook: str
+    root: Path
+
+    def figure(self, fig: Figure, name: str) -> list[Path]:
+        return save_figure(fig, self.notebook, name, self.root)
+
+    def table(self, table, name: str) -> list[Path]:
+        return save_table(table, self.notebook, name, self.root)
+
+    def markdown(self, text: str, name: str) -> Path:
+        path = self.root / self.notebook / f"{name}.md"
+        atomic_write_text(path, text)
+        return path
+
+
+def save_figure(fig: Figure, notebook: str, name: str, root: Path | None = None) -> list[Path]:
     """Write ``fig`` as ``<root>/<notebook>/<name>.pdf`` and ``.png`` (rename-into-place)."""
+    root = figures_root() if root is None else root
     paths = []
     # No timestamps in the files, so that regenerating unchanged figures changes no bytes.
     for ext, kw in (("pdf", {"metadata": {"CreationDate": None}}), ("png", {"dpi": 150, "metadata": {"Software": None}})):
@@ -43,10 +71,9 @@ def save_figure(fig: Figure, notebook: str, name: str, root: Path = FIGURES) -> 
     return paths
 
 
-def save_table(table, notebook: str, name: str, root: Path = FIGURES) -> list[Path]:
+def save_table(table, notebook: str, name: str, root: Path | None = None) -> list[Path]:
     """Write a pandas table as CSV and Markdown next to the figures."""
-    from mlsae.paths import atomic_write_text
-
+    root = figures_root() if root is None else root
     paths = [root / notebook / f"{name}.csv", root / notebook / f"{name}.md"]
     atomic_write_text(paths[0], table.to_csv(index=False))
     atomic_write_text(paths[1], _markdown(table))
