@@ -49,7 +49,7 @@ from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from mlsae.progress import bar
 
 from mlsae.activations import check_layers, residual_batches
 from mlsae.lens import ResidualLens, sae_inputs
@@ -417,7 +417,7 @@ def _latents(model, tokenizer, sae, batches, layers, lens, progress=False):
 def _latents_at(model, tokenizer, sae, batches, layers, lens, progress=False, desc="layer distributions"):
     """:func:`_latents` with where the tokens are: yields ``(input_ids, keep, values, indices)``; token ``t``
     of ``values`` [layer, token, k] is the ``t``-th True entry of ``keep`` [batch, pos] in row-major order."""
-    for ids, keep, resid in tqdm(residual_batches(model, tokenizer, batches), desc=desc, disable=not progress):
+    for ids, keep, resid in bar(residual_batches(model, tokenizer, batches), desc=desc, progress=progress):
         values, indices = sae.encode(sae_inputs(resid, keep, layers, lens).flatten(0, 1))
         yield ids, keep, values.view(len(layers), -1, values.shape[-1]), indices.view(len(layers), -1, indices.shape[-1])
 
@@ -479,7 +479,7 @@ def residual_geometry(
     total, n, norm_sum = None, 0, torch.zeros(n_layers, dtype=torch.float64)
 
     def vectors(pass_name):
-        for _, keep, resid in tqdm(residual_batches(model, tokenizer, make_batches()), desc=pass_name, disable=not progress):
+        for _, keep, resid in bar(residual_batches(model, tokenizer, make_batches()), desc=pass_name, progress=progress):
             x = resid[:, keep].float()
             yield lens(x, layers) if lens is not None else x
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
+from mlsae.progress import bar
 
 from mlsae.activations import final_norm
 from mlsae.sae import MLSAE
@@ -38,7 +38,7 @@ def max_cosine(a: Tensor, b: Tensor | None = None, *, chunk: int = CHUNK, device
     b_n = a_n if self_compare else F.normalize(b.float(), dim=-1).to(device)
     best = torch.empty(len(a_n), device=device)
     arg = torch.empty(len(a_n), dtype=torch.long, device=device)
-    for start in tqdm(range(0, len(a_n), chunk), desc="max cosine", disable=not progress):
+    for start in bar(range(0, len(a_n), chunk), desc="max cosine", progress=progress):
         sims = a_n[start:start + chunk] @ b_n.T  # [chunk, m]
         if self_compare:
             rows = torch.arange(len(sims), device=device)
@@ -88,7 +88,7 @@ def pair_histograms(vectors: Tensor, mean_layer: Tensor | None = None, *, cos_bi
     dl_edges = torch.linspace(0, max_dlayer or 1.0, dlayer_bins + 1, dtype=torch.float64)
     cos_counts = torch.zeros(cos_bins, dtype=torch.float64)
     joint = torch.zeros(dlayer_bins, cos_bins, dtype=torch.float64)
-    for start in tqdm(range(0, n, chunk), desc="pairwise cosine", disable=not progress):
+    for start in bar(range(0, n, chunk), desc="pairwise cosine", progress=progress):
         rows = torch.arange(start, min(start + chunk, n), device=device)
         sims = v[rows] @ v.T  # [chunk, n]
         upper = torch.arange(n, device=device)[None, :] > rows[:, None]  # each pair once

@@ -29,7 +29,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from mlsae.progress import bar
 from tuned_lens import TunedLens
 
 from mlsae.paths import atomic_dir
@@ -199,7 +199,7 @@ def train_tuned_lens(
         p.requires_grad_(False)
     params = list(lens.layer_translators.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    for input_ids in tqdm(batches, desc="tuned lens", disable=not progress):
+    for input_ids in bar(batches, desc="tuned lens", progress=progress):
         with torch.no_grad():
             out = model(input_ids, output_hidden_states=True)
             target = F.log_softmax(out.logits.float(), dim=-1).flatten(0, 1)  # [token, vocab]

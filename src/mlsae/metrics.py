@@ -27,7 +27,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
+from mlsae.progress import bar
 
 from mlsae.activations import check_layers, logits_from_layer, residual_batches
 from mlsae.lens import ResidualLens, sae_inputs
@@ -115,7 +115,7 @@ def _evaluate(model, tokenizer, sae, batches, lens, downstream, layers, progress
     kl_sum = torch.zeros(n_layers, dtype=torch.float64)
     clean_sum, n_pred, n_tok = 0.0, 0, 0
 
-    for input_ids, keep, resid in tqdm(residual_batches(model, tokenizer, batches), desc="evaluate", disable=not progress):
+    for input_ids, keep, resid in bar(residual_batches(model, tokenizer, batches), desc="evaluate", progress=progress):
         x_in = sae_inputs(resid, keep, layers, lens)  # [layer, token, d], in the SAE's basis
         out = sae(x_in)  # reconstructions in the space the SAE works in
         x_hat = out.x_hat.float()

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from mlsae import hub
+from mlsae.progress import quiet_loading
 
 __all__ = [
     "ModelNotAvailableError",
@@ -326,10 +327,14 @@ def _dtype(dtype) -> torch.dtype | str:
 
 
 def _from_pretrained(path: str, dtype, local_files_only: bool):
+    """Local loads draw no "Loading weights" bar (one per cell otherwise); a download keeps its bars."""
+    from contextlib import nullcontext
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local_files_only)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
+    with quiet_loading() if local_files_only else nullcontext():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local_files_only)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
     return model, tokenizer
 
 

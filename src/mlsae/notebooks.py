@@ -17,6 +17,7 @@ from typing import Mapping
 
 from mlsae import plots
 from mlsae.paths import repository_root
+from mlsae.progress import quiet_kernels
 
 ROOT = repository_root() or Path.cwd()
 NOTEBOOKS = ROOT / "notebooks"
@@ -91,10 +92,11 @@ def run_notebook(path: Path, output: Path, parameters: dict | None = None, *, cw
     start = time.perf_counter()
     error = None
     try:
-        papermill.execute_notebook(
-            str(path), str(output), parameters=parameters or {}, cwd=str(cwd or path.parent),
-            kernel_name="python3", progress_bar=False, log_output=False,
-        )
+        with quiet_kernels():  # bars off in the kernel: an executed notebook keeps results, not redraws
+            papermill.execute_notebook(
+                str(path), str(output), parameters=parameters or {}, cwd=str(cwd or path.parent),
+                kernel_name="python3", progress_bar=False, log_output=False,
+            )
     except Exception as err:  # papermill raises PapermillExecutionError with the cell's traceback
         error = f"{type(err).__name__}: {err}".strip() or traceback.format_exc()
     return NotebookRun(path.name, output, time.perf_counter() - start, error)

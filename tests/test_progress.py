@@ -1,0 +1,42 @@
+"""One switch for progress bars; transformers' loading bars silenced; widgets available for JupyterLab."""
+
+from __future__ import annotations
+
+import os
+
+from mlsae import progress
+
+
+def test_mlsae_progress_turns_every_bar_off(monkeypatch):
+    monkeypatch.delenv(progress.ENV, raising=False)
+    assert progress.enabled() and not progress.enabled(False)
+    assert not progress.bar(range(3), desc="x").disable
+    for off in ("0", "false", "off"):
+        monkeypatch.setenv(progress.ENV, off)
+        assert not progress.enabled() and progress.bar(range(3), desc="x").disable
+
+
+def test_the_notebook_runner_quiets_its_kernels_but_respects_a_choice(monkeypatch):
+    monkeypatch.delenv(progress.ENV, raising=False)
+    with progress.quiet_kernels():
+        assert os.environ[progress.ENV] == "0"
+    assert progress.ENV not in os.environ
+    monkeypatch.setenv(progress.ENV, "1")
+    with progress.quiet_kernels():
+        assert os.environ[progress.ENV] == "1"
+
+
+def test_loading_bars_are_silenced_only_while_we_load():
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    with progress.quiet_loading():
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled()  # the user's setting is back
+
+
+def test_jupyter_gets_widget_bars_not_a_tqdm_warning():
+    """Without ipywidgets, tqdm.auto prints 'TqdmWarning: IProgress not found' in every notebook."""
+    import tqdm.notebook
+
+    assert tqdm.notebook.IProgress is not None
