@@ -93,6 +93,9 @@ def test_notebook_runs_under_papermill_and_passes_nbval(path, tmp_path_factory, 
     out = tmp_path_factory.mktemp("executed") / path.name
     run = run_notebook(path, out, CI_PARAMETERS.get(path.stem, {"preset": "tiny"}))
     assert run.ok, f"papermill failed on {path.name}:\n{run.error}"
+    stderr = ["".join(o.get("text", ""))[:200] for c in nbformat.read(out, as_version=4).cells
+              for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    assert not stderr, f"{path.name} wrote to stderr (progress bars, warnings): {stderr[:5]}"
     nbval = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", str(out), "--nbval-sanitize-with", str(SANITIZE),
          "--nbval-current-env", "-p", "no:cacheprovider", "-q", "--rootdir", str(out.parent)],

@@ -23,7 +23,8 @@ def _split(spec: str) -> tuple[str, str]:
 def test_every_dependency_is_pinned_and_torch_is_2_13():
     pins = _pyproject_pins()
     assert pins["torch"] == "2.13.0"
-    for name in ["transformers", "datasets", "tuned-lens", "jupyterlab", "papermill", "matplotlib", "seaborn", "nbval"]:
+    for name in ["transformers", "datasets", "tuned-lens", "jupyterlab", "papermill", "matplotlib", "seaborn", "nbval",
+                 "ipywidgets"]:  # ipywidgets: tqdm draws widgets in JupyterLab instead of a TqdmWarning
         assert name in pins, f"{name} missing from pyproject.toml"
 
 
@@ -36,8 +37,11 @@ def test_environment_yml_matches_pyproject():
 
 
 def test_setup_script_pins_torch_first():
-    text = (ROOT / "scripts" / "setup.sh").read_text()
-    assert "torch==2.13.0" in text
+    """torch==2.13.0 must be installed before the package: otherwise a dependency pulls a CUDA build."""
+    lines = [l for l in (ROOT / "scripts" / "setup.sh").read_text().splitlines() if "pip install" in l]
+    torch_at = next(i for i, l in enumerate(lines) if "torch==2.13.0" in l)
+    package_at = next(i for i, l in enumerate(lines) if " -e ." in l or l.rstrip().endswith(" ."))
+    assert torch_at < package_at, lines
 
 
 def test_ci_runs_the_readme_test_command():
