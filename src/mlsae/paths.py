@@ -10,7 +10,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def repository_root() -> Path | None:
@@ -37,6 +37,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
+        share_permissions(tmp)
         if final.exists():
             old = final.with_name(f".{final.name}.old.{os.getpid()}")
             os.replace(final, old)
@@ -65,6 +66,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); results are shared like the zoo
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -73,6 +75,35 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def share_permissions(root: Path) -> None:
+    """Give a freshly built folder the usual permissions (``mkdtemp``/``mkstemp`` make it private:
+    0700/0600), so that a shared ``MLSAE_HOME`` stays readable; the umask is honoured."""
+    umask = _umask()
+    root = Path(root)
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def build_once(final: Path, ready: Callable[[], bool], build: Callable[[Path], None]) -> Path:
+    """``final``, built by ``build(tmp)`` into a temporary folder renamed into place, unless ``ready()``.
+
+    Under :func:`run_lock`, so a second process waits for the first and then finds the result instead of
+    building it again; a crash leaves no half-built ``final`` (:func:`atomic_dir`).
+    """
+    if not ready():
+        with run_lock(final):
+            if not ready():
+                with atomic_dir(final) as tmp:
+                    build(tmp)
+    return final
 
 
 def _rmtree(path: Path) -> None:

@@ -25,7 +25,7 @@ import json
 import random
 from pathlib import Path
 
-from mlsae.paths import atomic_dir, mlsae_home
+from mlsae.paths import atomic_dir, mlsae_home, run_lock
 
 __all__ = [
     "IOI_PROMPT",
@@ -340,7 +340,6 @@ def write_corpus(out_dir: Path, n_train: int, n_test: int, seed: int) -> Path:
         _write_jsonl(tmp / "train.jsonl", train)
         _write_jsonl(tmp / "test.jsonl", test)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        _relax_permissions(tmp)
     return out_dir
 
 
@@ -362,47 +361,9 @@ def offline_corpus(preset: str = "default") -> Path:
     p = PRESETS[preset]
     path = mlsae_home() / "text" / preset
     if not _corpus_ok(path, p):
-        with _lock(path):
+        with run_lock(path):
             if not _corpus_ok(path, p):
                 write_corpus(path, p["n_train"], p["n_test"], p["seed"])
     return path
 
 
-def _relax_permissions(root: Path) -> None:
-    """Give a freshly built folder the usual permissions (``mkdtemp``/``mkstemp`` create it
-    private: 0700/0600), so that a shared ``MLSAE_HOME`` stays readable; the umask is honoured."""
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
-    root = Path(root)
-    for p in [root, *root.rglob("*")]:
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
-
-
-class _lock:
-    """Advisory inter-process lock on ``<path>.lock`` (POSIX ``flock``; a no-op elsewhere), so two
-    processes do not generate the same artefact at once. Correctness never depends on it: the
-    artefact is always written atomically."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path).with_name(Path(path).name + ".lock")
-        self.f = None
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, "a")
-        fcntl.flock(self.f, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        if self.f is not None:
-            import fcntl
-
-            fcntl.flock(self.f, fcntl.LOCK_UN)
-            self.f.close()
-        return False

@@ -36,8 +36,8 @@ from typing import Iterator
 
 import torch
 
-from mlsae.paths import atomic_dir, atomic_write_text, mlsae_home
-from mlsae.text import IOI_PROMPT, TEXT_VERSION, _lock, _relax_permissions, offline_corpus
+from mlsae.paths import atomic_write_text, build_once, mlsae_home
+from mlsae.text import IOI_PROMPT, TEXT_VERSION, offline_corpus
 
 __all__ = [
     "EOS",
@@ -263,14 +263,12 @@ def ensure_tokenizer(preset: str = "default") -> Path:
     if _tokenizer_ok(path, meta):
         return path
     corpus = offline_corpus(preset)
-    with _lock(path):
-        if not _tokenizer_ok(path, meta):
-            tok = train_tokenizer(corpus, TOKENIZER_VOCAB[preset])
-            with atomic_dir(path) as tmp:
-                tok.save_pretrained(tmp)
-                (tmp / "zoo_tokenizer.json").write_text(json.dumps(meta))
-                _relax_permissions(tmp)
-    return path
+
+    def build(tmp: Path) -> None:
+        train_tokenizer(corpus, TOKENIZER_VOCAB[preset]).save_pretrained(tmp)
+        (tmp / "zoo_tokenizer.json").write_text(json.dumps(meta))
+
+    return build_once(path, lambda: _tokenizer_ok(path, meta), build)
 
 
 # ---- training --------------------------------------------------------------------------------
@@ -383,7 +381,7 @@ def train_zoo_model(spec: ZooSpec | str, out_dir: Path, progress: bool = True) -
 
 
 def _train(spec: ZooSpec, tokenizer, out_dir: Path, progress: bool) -> dict:
-    from tqdm.auto import tqdm
+    from mlsae.progress import bar as progress_bar
     import transformers
 
     from mlsae.data import load_text, token_batches
@@ -395,7 +393,7 @@ def _train(spec: ZooSpec, tokenizer, out_dir: Path, progress: bool) -> dict:
     counts = torch.zeros(len(tokenizer), dtype=torch.long)
     tokens, losses = 0, []
     started = time.perf_counter()
-    bar = tqdm(total=spec.steps, desc=f"train {spec.name}", disable=not progress, leave=False)
+    bar = progress_bar(total=spec.steps, desc=f"train {spec.name}", progress=progress, leave=False)
     for step, x in enumerate(_train_batches(spec, tokenizer)):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, spec)
@@ -463,12 +461,8 @@ def ensure_zoo_model(name: str, progress: bool = True) -> Path:
     if _model_ok(final, spec):
         return final
     ensure_tokenizer(spec.corpus)
-    with _lock(final):  # a second process waits here, then finds the finished model
-        if not _model_ok(final, spec):
-            with atomic_dir(final) as tmp:
-                train_zoo_model(spec, tmp, progress=progress)
-                _relax_permissions(tmp)
-    return final
+    # A second process waits for the first, then finds the finished model.
+    return build_once(final, lambda: _model_ok(final, spec), lambda tmp: train_zoo_model(spec, tmp, progress=progress))
 
 
 def zoo_report(name: str) -> dict:
