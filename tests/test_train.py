@@ -374,3 +374,42 @@ def test_a_preset_means_the_same_in_the_cli_and_the_notebooks():
         cli = config_from_preset(preset, model=NOTEBOOK_PRESETS[preset]["model"])
         nb = Experiment(preset=preset).train_config()
         assert (cli.expansion_factor, cli.k, cli.max_tokens, cli.seq_len) == (nb.expansion_factor, nb.k, nb.max_tokens, nb.seq_len)
+
+
+class _LensAsked(Exception):
+    pass
+
+
+def test_training_and_evaluation_ask_for_the_same_lens(monkeypatch, tmp_path):
+    """The bug this guards: under `tiny` the trainer took a 400k-token lens and the notebooks a
+    40k-token one, so the SAE was trained in one basis and evaluated in another."""
+    from mlsae.experiment import Experiment
+
+    asked = []
+
+    def recorder(model_name, model, tokenizer, **kwargs):
+        kwargs.pop("progress", None)
+        asked.append((model_name, kwargs))
+        raise _LensAsked
+
+    monkeypatch.setattr("mlsae.train.residual_lens_for", recorder)
+    monkeypatch.setattr("mlsae.lens.residual_lens_for", recorder)
+    for seed in (42, 7):
+        exp = Experiment(preset="tiny", model="micro-s", tuned_lens=True, seed=seed)
+        with pytest.raises(_LensAsked):
+            exp.lens  # noqa: B018 - what evaluation, distributions and examples use
+        with pytest.raises(_LensAsked):
+            train_many([exp.train_config()], [tmp_path / f"run-{seed}"])
+        assert asked[-2] == asked[-1], asked[-2:]
+        assert asked[-1][1]["train_tokens"] == 40_000 and asked[-1][1]["seed"] == seed
+    assert not any(tmp_path.iterdir())  # nothing written before the lens
+
+
+def test_lens_budget_is_in_the_key_only_where_it_changes_the_sae():
+    base = config_from_preset("default", model="zoo-m")
+    assert base.cache_key() == config_from_preset("default", model="zoo-m", lens_tokens=1_000).cache_key()  # no lens
+    lensed = config_from_preset("default", model="zoo-m", tuned_lens=True)
+    assert lensed.lens_tokens == 400_000
+    assert lensed.cache_key() != config_from_preset("default", model="zoo-m", tuned_lens=True, lens_tokens=1_000).cache_key()
+    with pytest.raises(ValueError, match="lens_tokens"):
+        config_from_preset("default", model="zoo-m", lens_tokens=0)

@@ -105,12 +105,23 @@ def _eval(args) -> int:
 
     sae = MLSAE.from_pretrained(args.sae).to(args.device)  # a missing or torn SAE fails before the model loads
     model, tokenizer = load_model(args.model, device=args.device)
-    lens = residual_lens_for(args.model, model, tokenizer, data=args.data) if args.tuned_lens else None
+    lens = residual_lens_for(args.model, model, tokenizer, **_lens_kwargs(args)) if args.tuned_lens else None
     batches = token_batches(load_text(args.data, split="test"), tokenizer, args.seq_len, args.batch_size, max_tokens=args.tokens)
     result = evaluate(model, tokenizer, sae, batches, lens=lens)
     for row in result.rows():
         print(json.dumps(row))
     return 0
+
+
+def _lens_kwargs(args) -> dict:
+    """The lens the SAE was trained in, from the train_config.json beside it (written by train);
+    without one, the defaults of a training run on ``--data``."""
+    from mlsae.train import TrainConfig
+
+    saved = Path(args.sae).parent / "train_config.json"
+    if saved.exists():
+        return TrainConfig(**{**json.loads(saved.read_text()), "device": "cpu"}).lens_kwargs()
+    return TrainConfig(data=args.data).lens_kwargs()
 
 
 def _figures(args) -> int:

@@ -28,7 +28,7 @@ IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 NOTEBOOK_PRESETS: dict[str, dict] = {
     "tiny": dict(
         train="tiny", model="micro-m", models=["micro-s", "micro-m", "micro-l"], expansion_factor=8,
-        eval_tokens=2_048, analysis_tokens=8_192, seq_len=64, batch_size=8, lens_tokens=40_000,
+        eval_tokens=2_048, analysis_tokens=8_192, seq_len=64, batch_size=8,
         sweep=dict(model="micro-s", expansion_factors=[2, 8], ks=[8, 16], k_expansion_factor=8, train_tokens=20_000,
                    analysis_tokens=4_096),
         families={"GPT-NeoX": ["micro-s", "micro-m"], "GPT-2": ["micro-gpt2-s", "micro-gpt2-m"],
@@ -36,7 +36,7 @@ NOTEBOOK_PRESETS: dict[str, dict] = {
     ),
     "default": dict(
         train="default", model="zoo-m", models=["zoo-s", "zoo-m", "zoo-xl"], expansion_factor=16,
-        eval_tokens=32_768, analysis_tokens=262_144, seq_len=128, batch_size=32, lens_tokens=400_000,
+        eval_tokens=32_768, analysis_tokens=262_144, seq_len=128, batch_size=32,
         sweep=dict(model="zoo-s", expansion_factors=[1, 2, 4, 8, 16, 32, 64], ks=[16, 32, 64, 128], k_expansion_factor=64,
                    train_tokens=500_000, analysis_tokens=65_536),
         families={"GPT-NeoX": ["zoo-s", "zoo-m"], "GPT-2": ["zoo-gpt2-s", "zoo-gpt2-m"],
@@ -45,7 +45,6 @@ NOTEBOOK_PRESETS: dict[str, dict] = {
     "paper": dict(
         train="paper", model="pythia-70m", models=["pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b"],
         expansion_factor=64, eval_tokens=1_000_000, analysis_tokens=10_000_000, seq_len=2048, batch_size=8,
-        lens_tokens=400_000,  # only for models without a pretrained lens
         sweep=dict(model="pythia-70m", expansion_factors=[1, 2, 4, 8, 16, 32, 64, 128, 256],
                    ks=[16, 32, 64, 128, 256, 512], k_expansion_factor=64, train_tokens=None, analysis_tokens=1_000_000),
         families={"GPT-NeoX": ["pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b"],
@@ -193,9 +192,8 @@ class Experiment:
             return None
         from mlsae.lens import residual_lens_for
 
-        model, tokenizer = self.lm
-        return residual_lens_for(self.model, model, tokenizer, data=self.data, seed=self.seed,
-                                 train_tokens=self.settings["lens_tokens"], progress=self.progress)
+        model, tokenizer = self.lm  # the lens the SAE was trained in: the same TrainConfig chooses it
+        return residual_lens_for(self.model, model, tokenizer, **self.train_config().lens_kwargs(), progress=self.progress)
 
     def train_config(self):
         from mlsae.train import config_from_preset

@@ -24,7 +24,7 @@ from typing import Iterator
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from mlsae.progress import bar as progress_bar
 
 from mlsae.activations import check_layers, check_seq_len, check_unique_layers, residual_batches
 from mlsae.data import load_text, token_batches
@@ -47,6 +47,7 @@ class TrainConfig:
     auxk_coef: float = 1 / 32
     dead_tokens: int = 10_000_000
     tuned_lens: bool = False
+    lens_tokens: int = 400_000  # tokens a lens is trained on here, for a model without a pretrained lens
     layers: list[int] | None = None  # None: every layer (the MLSAE); [l]: a single-layer SAE
     data: str = "monology/pile-uncopyrighted"
     seq_len: int = 2048
@@ -71,7 +72,7 @@ class TrainConfig:
             raise ValueError(f"expansion_factor must be positive, got {self.expansion_factor}")
         if self.k <= 0:
             raise ValueError(f"k must be positive, got {self.k}")
-        for name in ("seq_len", "batch_size", "grad_accum", "max_tokens", "checkpoint_every", "log_every"):
+        for name in ("seq_len", "batch_size", "grad_accum", "max_tokens", "checkpoint_every", "log_every", "lens_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.encoder_init not in ("unit", "fit"):
@@ -103,6 +104,11 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def lens_kwargs(self) -> dict:
+        """What selects the tuned lens (:func:`mlsae.lens.residual_lens_for`): the one definition that
+        training and every evaluation of this SAE share, so they can never map into different bases."""
+        return dict(data=self.data, seed=self.seed, train_tokens=self.lens_tokens)
+
     def cache_key(self) -> str:
         """A readable, stable name for this configuration's SAE in the shared cache.
 
@@ -114,6 +120,8 @@ class TrainConfig:
             d.pop(name)
         if d["encoder_init"] == "unit":  # keys of runs from before the option existed stay valid
             d.pop("encoder_init")
+        if not self.tuned_lens or d["lens_tokens"] == 400_000:  # no lens, or the budget every run had before
+            d.pop("lens_tokens")
         digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
         where = "all" if self.layers is None else "L" + "-".join(map(str, self.layers))
         lens = "-lens" if self.tuned_lens else ""
@@ -132,7 +140,7 @@ PRESETS: dict[str, dict] = {
     ),
     "tiny": dict(
         expansion_factor=8, data="offline:micro", seq_len=64, batch_size=8, max_tokens=40_000, lr=2e-3,
-        dead_tokens=20_000, k_aux=32, checkpoint_every=20, log_every=5, encoder_init="fit",
+        dead_tokens=20_000, k_aux=32, checkpoint_every=20, log_every=5, encoder_init="fit", lens_tokens=40_000,
     ),
 }
 
@@ -213,8 +221,8 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, r
     dataset = load_text(cfg0.data, split="train", streaming=True)  # an empty or missing data set fails here
     lenses = {}
     for c in cfgs:
-        if c.tuned_lens and c.seed not in lenses:
-            lenses[c.seed] = residual_lens_for(c.model, model, tokenizer, data=c.data, seed=c.seed)
+        if c.tuned_lens and json.dumps(c.lens_kwargs()) not in lenses:
+            lenses[json.dumps(c.lens_kwargs())] = residual_lens_for(c.model, model, tokenizer, **c.lens_kwargs(), progress=progress)
     sae_cfgs = [SAEConfig.from_expansion_factor(model.config.hidden_size, c.expansion_factor, c.k, k_aux=c.k_aux,
                                                 auxk_coef=c.auxk_coef, dead_tokens=c.dead_tokens, layers=l)
                 for c, l in zip(cfgs, layers)]  # validated for every SAE before any folder is written
@@ -236,7 +244,7 @@ def _take(lock, out_dir: Path):
 
 def _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress) -> list[TrainResult]:
     cfg0 = cfgs[0]
-    runs = [_Run(c, d, sc, lenses.get(c.seed) if c.tuned_lens else None, resume)
+    runs = [_Run(c, d, sc, lenses.get(json.dumps(c.lens_kwargs())) if c.tuned_lens else None, resume)
             for c, d, sc in zip(cfgs, out_dirs, sae_cfgs)]
     steps = {r.step for r in runs}
     if len(steps) > 1:  # resumed from different checkpoints: no shared stream position
@@ -251,7 +259,7 @@ def _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, r
         raise RuntimeError(f"cannot resume: the data ran out after {skipped} batches while skipping to step {step}")
     stream = residual_batches(model, tokenizer, batches)
     what = cfg0.model if len(runs) == 1 else f"{len(runs)} SAEs on {cfg0.model}"
-    bar = tqdm(total=cfg0.total_steps, initial=step, desc=f"MLSAE {what}", disable=not progress)
+    bar = progress_bar(total=cfg0.total_steps, initial=step, desc=f"MLSAE {what}", progress=progress)
     started, model_seconds = time.perf_counter(), 0.0
     try:
         while step < cfg0.total_steps:
