@@ -7,9 +7,9 @@ import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from tuned_lens import TunedLens
 
-from mlsae.lens import (
+from mlsae.lens import ResidualLens
+from mlsae.lens_training import (
     LensNotAvailableError,
-    ResidualLens,
     lens_kl_per_layer,
     load_lens,
     load_pretrained_lens,

@@ -393,7 +393,7 @@ def test_training_and_evaluation_ask_for_the_same_lens(monkeypatch, tmp_path):
         raise _LensAsked
 
     monkeypatch.setattr("mlsae.train.residual_lens_for", recorder)
-    monkeypatch.setattr("mlsae.lens.residual_lens_for", recorder)
+    monkeypatch.setattr("mlsae.lens_training.residual_lens_for", recorder)
     for seed in (42, 7):
         exp = Experiment(preset="tiny", model="micro-s", tuned_lens=True, seed=seed)
         with pytest.raises(_LensAsked):

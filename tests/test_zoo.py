@@ -9,9 +9,10 @@ import time
 import pytest
 import torch
 
+from mlsae.lm_eval import evaluate_lm
 from mlsae.text import IOI_PROMPT
 from mlsae.zoo import (
-    DEFAULT_ZOO, ZOO, build_zoo, ensure_tokenizer, ensure_zoo_model, evaluate_lm, train_zoo_model,
+    DEFAULT_ZOO, ZOO, build_zoo, ensure_tokenizer, ensure_zoo_model, train_zoo_model,
 )
 
 MICRO = ("micro-s", "micro-m", "micro-l")

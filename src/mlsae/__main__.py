@@ -98,7 +98,7 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     from mlsae.data import load_text, token_batches
-    from mlsae.lens import residual_lens_for
+    from mlsae.lens_training import residual_lens_for
     from mlsae.metrics import evaluate
     from mlsae.models import load_model
     from mlsae.sae import MLSAE

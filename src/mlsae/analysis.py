@@ -52,7 +52,8 @@ from torch import Tensor
 from mlsae.progress import bar
 
 from mlsae.activations import check_layers, residual_batches
-from mlsae.lens import ResidualLens, sae_inputs
+from mlsae.lens import IDENTITY, Lens, as_lens
+from mlsae.pipeline import latents, sae_layers
 from mlsae.sae import MLSAE
 
 
@@ -392,7 +393,7 @@ class LayerDistributionAccumulator:
 
 @torch.no_grad()
 def layer_distributions(
-    model, tokenizer, sae: MLSAE, batches: Iterable[Tensor], *, lens: ResidualLens | None = None,
+    model, tokenizer, sae: MLSAE, batches: Iterable[Tensor], *, lens: Lens = IDENTITY,
     layers: list[int] | None = None, progress: bool = True, window: int = PAPER_WINDOW
 ) -> LayerDistributions:
     """Distributions over layers of every latent, streamed over ``batches`` of input ids.
@@ -401,30 +402,16 @@ def layer_distributions(
     for a single-layer SAE gives the paper's multi-layer figures for the baselines. ``window``: tokens
     per window of the paper's estimator.
     """
-    layers = _sae_layers(sae, model) if layers is None else check_layers(layers, model.config.num_hidden_layers)
+    layers = sae_layers(sae, model) if layers is None else check_layers(layers, model.config.num_hidden_layers)
     acc = LayerDistributionAccumulator(len(layers), sae.cfg.n_latents, window=window)
-    for values, indices in _latents(model, tokenizer, sae, batches, layers, lens, progress):
-        acc.update(values, indices)
+    for batch in latents(model, tokenizer, sae, batches, layers, lens, progress, "layer distributions"):
+        acc.update(batch.values, batch.indices)
     return acc.stats
-
-
-def _latents(model, tokenizer, sae, batches, layers, lens, progress=False):
-    """Yield the SAE's top-k ``(values, indices)``, each [layer, token, k], batch by batch."""
-    for _, _, values, indices in _latents_at(model, tokenizer, sae, batches, layers, lens, progress):
-        yield values, indices
-
-
-def _latents_at(model, tokenizer, sae, batches, layers, lens, progress=False, desc="layer distributions"):
-    """:func:`_latents` with where the tokens are: yields ``(input_ids, keep, values, indices)``; token ``t``
-    of ``values`` [layer, token, k] is the ``t``-th True entry of ``keep`` [batch, pos] in row-major order."""
-    for ids, keep, resid in bar(residual_batches(model, tokenizer, batches), desc=desc, progress=progress):
-        values, indices = sae.encode(sae_inputs(resid, keep, layers, lens).flatten(0, 1))
-        yield ids, keep, values.view(len(layers), -1, values.shape[-1]), indices.view(len(layers), -1, indices.shape[-1])
 
 
 @torch.no_grad()
 def prompt_distribution(
-    model, tokenizer, sae: MLSAE, prompt: str, *, lens: ResidualLens | None = None, min_activation: float = 1e-3
+    model, tokenizer, sae: MLSAE, prompt: str, *, lens: Lens = IDENTITY, min_activation: float = 1e-3
 ) -> tuple[LayerDistributions, Tensor]:
     """Distributions over layers for one prompt, activations summed over its tokens.
 
@@ -432,10 +419,10 @@ def prompt_distribution(
     prompt is at least ``min_activation`` (PAPER.md §4 item 2 drops the others).
     """
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
-    layers = _sae_layers(sae, model)
+    layers = sae_layers(sae, model)
     acc = LayerDistributionAccumulator(len(layers), sae.cfg.n_latents)
     acc_max = torch.zeros(sae.cfg.n_latents, dtype=torch.float64)
-    for values, indices in _latents(model, tokenizer, sae, [ids], layers, lens):  # one pass: stats and maxima
+    for _, _, values, indices in latents(model, tokenizer, sae, [ids], layers, lens):  # one pass: stats and maxima
         acc.update(values, indices)
         acc_max.scatter_reduce_(0, indices.flatten().cpu(), values.flatten().double().cpu(), reduce="amax")
     return acc.stats, torch.nonzero(acc_max >= min_activation).flatten()
@@ -467,21 +454,20 @@ class ResidualGeometry:
 
 @torch.no_grad()
 def residual_geometry(
-    model, tokenizer, make_batches: Callable[[], Iterable[Tensor]], *, lens: ResidualLens | None = None, progress: bool = True
+    model, tokenizer, make_batches: Callable[[], Iterable[Tensor]], *, lens: Lens = IDENTITY, progress: bool = True
 ) -> ResidualGeometry:
     """Adjacent-layer cosine similarity of residual vectors centred by each layer's data-set mean.
 
     Two passes over ``make_batches()`` (a fresh iterator each time): the first computes each
     layer's mean vector, the second the per-token cosine similarities.
     """
-    n_layers = model.config.num_hidden_layers
+    n_layers, lens = model.config.num_hidden_layers, as_lens(lens)
     layers = list(range(n_layers))
     total, n, norm_sum = None, 0, torch.zeros(n_layers, dtype=torch.float64)
 
     def vectors(pass_name):
         for _, keep, resid in bar(residual_batches(model, tokenizer, make_batches()), desc=pass_name, progress=progress):
-            x = resid[:, keep].float()
-            yield lens(x, layers) if lens is not None else x
+            yield lens(resid[:, keep].float(), layers)
 
     for x in vectors("residual means"):
         total = x.double().sum(1) if total is None else total + x.double().sum(1)
@@ -500,7 +486,3 @@ def residual_geometry(
     cos_mean = s1 / n
     cos_var = (s2 / n - cos_mean**2).clamp_min(0) * n / max(n - 1, 1)
     return ResidualGeometry(cos_mean, (cos_var / n).sqrt(), norm_sum / n, n)
-
-
-def _sae_layers(sae: MLSAE, model) -> list[int]:
-    return list(sae.cfg.layers) if sae.cfg.layers is not None else list(range(model.config.num_hidden_layers))

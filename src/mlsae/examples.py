@@ -23,7 +23,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from mlsae.lens import ResidualLens
+from mlsae.lens import IDENTITY, Lens, as_lens
+from mlsae.pipeline import latents, sae_layers
 from mlsae.sae import MLSAE
 
 
@@ -105,7 +106,7 @@ class MaxExamplesAccumulator:
         self.n_seq = self.n_tokens = 0
 
     def add_batch(self, input_ids: Tensor, keep: Tensor, values: Tensor, indices: Tensor) -> None:
-        """One batch of :func:`mlsae.analysis._latents_at`: ids and keep [batch, pos], values/indices [layer, token, k]."""
+        """One batch of :func:`mlsae.pipeline.latents`: ids and keep [batch, pos], values/indices [layer, token, k]."""
         if self.ids and input_ids.shape[1] != self.ids[0].shape[1]:
             raise ValueError(f"every batch must have the same sequence length; got {input_ids.shape[1]} after "
                              f"{self.ids[0].shape[1]}")
@@ -161,7 +162,7 @@ class MaxExamplesAccumulator:
 
 @torch.no_grad()
 def max_examples(
-    model, tokenizer, sae: MLSAE, batches: Iterable[Tensor], *, lens: ResidualLens | None = None,
+    model, tokenizer, sae: MLSAE, batches: Iterable[Tensor], *, lens: Lens = IDENTITY,
     layers: list[int] | None = None, n_examples: int = 8, progress: bool = True,
 ) -> MaxExamples:
     """The top ``n_examples`` activations of every (layer, latent), streamed over ``batches`` of input ids.
@@ -169,12 +170,11 @@ def max_examples(
     ``layers``: where to apply the SAE (default: the layers it was trained on).
     """
     from mlsae.activations import check_layers
-    from mlsae.analysis import _latents_at, _sae_layers
 
-    layers = _sae_layers(sae, model) if layers is None else check_layers(layers, model.config.num_hidden_layers)
+    layers = sae_layers(sae, model) if layers is None else check_layers(layers, model.config.num_hidden_layers)
     acc = MaxExamplesAccumulator(len(layers), sae.cfg.n_latents, n_examples, layers)
-    for ids, keep, values, indices in _latents_at(model, tokenizer, sae, batches, layers, lens, progress, "max examples"):
-        acc.add_batch(ids, keep, values, indices)
+    for batch in latents(model, tokenizer, sae, batches, layers, lens, progress, "max examples"):
+        acc.add_batch(*batch)
     if acc.n_seq == 0:
         raise ValueError("max_examples() got no tokens: the data set is empty")
     return acc.result
@@ -205,11 +205,11 @@ class ExampleBrowser:
     the latent's firing count and ``p(l | j)`` to the section headers.
     """
 
-    def __init__(self, examples: MaxExamples, model, tokenizer, sae: MLSAE, *, lens: ResidualLens | None = None,
+    def __init__(self, examples: MaxExamples, model, tokenizer, sae: MLSAE, *, lens: Lens = IDENTITY,
                  stats=None):
         if sae.cfg.n_latents != examples.n_latents:
             raise ValueError(f"the SAE has {sae.cfg.n_latents} latents but the examples {examples.n_latents}")
-        self.ex, self.model, self.tokenizer, self.sae, self.lens, self.stats = examples, model, tokenizer, sae, lens, stats
+        self.ex, self.model, self.tokenizer, self.sae, self.lens, self.stats = examples, model, tokenizer, sae, as_lens(lens), stats
 
     @torch.no_grad()
     def token_activations(self, latent: int, layers: Sequence[int], seqs: Sequence[int]) -> Tensor:
@@ -221,9 +221,7 @@ class ExampleBrowser:
         layers = list(layers)
         device = next(self.model.parameters()).device
         ids = self.ex.input_ids[list(seqs)].long().to(device)
-        x = residual_streams(self.model, ids, layers=layers).float()  # [layer, seq, pos, d]
-        if self.lens is not None:
-            x = self.lens(x, layers)
+        x = self.lens(residual_streams(self.model, ids, layers=layers).float(), layers)  # [layer, seq, pos, d]
         values, indices = self.sae.encode(x.flatten(0, 2))
         a = (values * (indices == latent)).sum(-1).view(x.shape[:3])
         return (a * special_token_mask(ids, self.tokenizer)).cpu()

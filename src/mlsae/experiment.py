@@ -188,9 +188,12 @@ class Experiment:
 
     @cached_property
     def lens(self):
+        """The tuned lens the SAE works behind, or the identity lens (no lens)."""
+        from mlsae.lens import IDENTITY
+        from mlsae.lens_training import residual_lens_for
+
         if not self.tuned_lens:
-            return None
-        from mlsae.lens import residual_lens_for
+            return IDENTITY
 
         model, tokenizer = self.lm  # the lens the SAE was trained in: the same TrainConfig chooses it
         return residual_lens_for(self.model, model, tokenizer, **self.train_config().lens_kwargs(), progress=self.progress)
@@ -478,3 +481,28 @@ def single_layer_baselines(exp: Experiment) -> dict:
 
 def _train_state_mib(sae) -> float:
     return 4 * sum(p.numel() * p.element_size() for p in sae.parameters()) / 2**20
+
+
+# ---- language models (notebook 01) ---------------------------------------------------------------
+
+REPORT_FIELDS = ("n_layers", "d_model", "n_params", "train_tokens", "train_time_s", "heldout_loss", "unigram_loss",
+                 "ioi_top5", "ioi_template_accuracy")
+
+
+def language_model_report(name: str, device: str = "cpu") -> dict:
+    """The same summary for any registry model: the zoo's stored report, or, for other models,
+    their shape and IOI behaviour (held-out and unigram losses need their training text, so they
+    are ``None`` there)."""
+    from mlsae.lm_eval import ioi_report
+    from mlsae.models import load_model, resolve_model
+    from mlsae.zoo import zoo_report
+
+    if resolve_model(name).kind == "zoo":
+        report = zoo_report(name)
+        return {k: report.get(k) for k in REPORT_FIELDS}
+    model, tokenizer = load_model(name, device=device)
+    ioi = ioi_report(model.cpu() if device == "cpu" else model, tokenizer)
+    return {"n_layers": model.config.num_hidden_layers, "d_model": model.config.hidden_size,
+            "n_params": sum(p.numel() for p in model.parameters()), "train_tokens": None, "train_time_s": None,
+            "heldout_loss": None, "unigram_loss": None, "ioi_top5": ioi["ioi_top5"],
+            "ioi_template_accuracy": ioi["ioi_template_accuracy"]}

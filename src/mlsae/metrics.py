@@ -30,7 +30,8 @@ from torch import Tensor
 from mlsae.progress import bar
 
 from mlsae.activations import check_layers, logits_from_layer, residual_batches
-from mlsae.lens import ResidualLens, sae_inputs
+from mlsae.lens import IDENTITY, Lens, as_lens
+from mlsae.pipeline import sae_inputs
 from mlsae.sae import MLSAE
 
 
@@ -82,7 +83,7 @@ def evaluate(
     sae: MLSAE,
     batches: Iterable[Tensor],
     *,
-    lens: ResidualLens | None = None,
+    lens: Lens = IDENTITY,
     downstream: bool = True,
     layers: list[int] | None = None,
     progress: bool = True,
@@ -98,7 +99,7 @@ def evaluate(
     was_training = sae.training
     sae.eval()
     try:
-        return _evaluate(model, tokenizer, sae, batches, lens, downstream, layers, progress)
+        return _evaluate(model, tokenizer, sae, batches, as_lens(lens), downstream, layers, progress)
     finally:
         sae.train(was_training)
 
@@ -136,7 +137,7 @@ def _evaluate(model, tokenizer, sae, batches, lens, downstream, layers, progress
             clean_logp = F.log_softmax(clean_logits, dim=-1)
             clean_sum += float(F.nll_loss(clean_logp, targets, reduction="sum"))
             n_pred += int(targets.numel())
-            x_model = lens.inverse(x_hat, layers) if lens is not None else x_hat
+            x_model = lens.inverse(x_hat, layers)
             for i, layer in enumerate(layers):
                 spliced = resid[layer].clone()  # [batch, pos, d]; the clean stream stays untouched
                 spliced[keep] = x_model[i].to(spliced.dtype)

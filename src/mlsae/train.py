@@ -28,7 +28,9 @@ from mlsae.progress import bar as progress_bar
 
 from mlsae.activations import check_layers, check_seq_len, check_unique_layers, residual_batches
 from mlsae.data import load_text, token_batches
-from mlsae.lens import residual_lens_for, sae_inputs
+from mlsae.lens import IDENTITY
+from mlsae.lens_training import residual_lens_for
+from mlsae.pipeline import sae_inputs
 from mlsae.models import load_model
 from mlsae.paths import atomic_dir, atomic_write_text, mlsae_home, run_lock, safe_name
 from mlsae.sae import MLSAE, SAEConfig
@@ -105,7 +107,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def lens_kwargs(self) -> dict:
-        """What selects the tuned lens (:func:`mlsae.lens.residual_lens_for`): the one definition that
+        """What selects the tuned lens (:func:`mlsae.lens_training.residual_lens_for`): the one definition that
         training and every evaluation of this SAE share, so they can never map into different bases."""
         return dict(data=self.data, seed=self.seed, train_tokens=self.lens_tokens)
 
@@ -244,7 +246,7 @@ def _take(lock, out_dir: Path):
 
 def _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress) -> list[TrainResult]:
     cfg0 = cfgs[0]
-    runs = [_Run(c, d, sc, lenses.get(json.dumps(c.lens_kwargs())) if c.tuned_lens else None, resume)
+    runs = [_Run(c, d, sc, lenses[json.dumps(c.lens_kwargs())] if c.tuned_lens else IDENTITY, resume)
             for c, d, sc in zip(cfgs, out_dirs, sae_cfgs)]
     steps = {r.step for r in runs}
     if len(steps) > 1:  # resumed from different checkpoints: no shared stream position

@@ -37,7 +37,8 @@ from typing import Iterator
 import torch
 
 from mlsae.paths import atomic_write_text, build_once, mlsae_home
-from mlsae.text import IOI_PROMPT, TEXT_VERSION, offline_corpus
+from mlsae.lm_eval import evaluate_lm, ioi_report
+from mlsae.text import TEXT_VERSION, offline_corpus
 
 __all__ = [
     "EOS",
@@ -47,8 +48,6 @@ __all__ = [
     "build_zoo",
     "ensure_tokenizer",
     "ensure_zoo_model",
-    "evaluate_lm",
-    "ioi_prompts",
     "train_zoo_model",
 ]
 
@@ -307,62 +306,6 @@ def _optimizer(model, spec: ZooSpec) -> torch.optim.Optimizer:
     )
 
 
-@torch.no_grad()
-def evaluate_lm(model, tokenizer, batches, unigram_counts: torch.Tensor) -> dict:
-    """Held-out next-token loss (nats/token, every target position of every block, EOS
-    included) and the add-one-smoothed train-unigram cross-entropy on the same targets."""
-    model.eval()
-    logp_uni = torch.log((unigram_counts.double() + 1) / (unigram_counts.sum().double() + unigram_counts.numel()))
-    total, uni, n = 0.0, 0.0, 0
-    for x in batches:
-        logits = model(input_ids=x).logits.float()
-        targets = x[:, 1:]
-        lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        total += -lp.double().sum().item()
-        uni += -logp_uni[targets].sum().item()
-        n += targets.numel()
-    return dict(heldout_loss=total / n, unigram_loss=uni / n, eval_tokens=n)
-
-
-def ioi_prompts(n: int = 200, seed: int = 12345) -> list[tuple[str, str, str]]:
-    """``(prompt, indirect object, subject)`` triples in the paper's template, with random
-    names (both orders), places and objects."""
-    import random
-
-    from mlsae.text import NAMES, OBJECTS, PLACES
-
-    rng = random.Random(f"ioi-eval:{seed}")
-    out = []
-    for _ in range(n):
-        x, y = rng.sample(NAMES, 2)
-        s, io = (y, x) if rng.random() < 0.5 else (x, y)
-        obj = rng.choice(OBJECTS)
-        art = "an" if obj[0] in "aeiou" else "a"
-        out.append((f"When {x} and {y} went to the {rng.choice(PLACES)}, {s} gave {art} {obj} to", io, s))
-    return out
-
-
-@torch.no_grad()
-def ioi_report(model, tokenizer, n_prompts: int = 200) -> dict:
-    """Top-5 next tokens for ``IOI_PROMPT`` and, over random prompts of its template, the top-1
-    accuracy and mean logit difference between the indirect object and the subject."""
-    model.eval()
-    ids = tokenizer(IOI_PROMPT, return_tensors="pt").input_ids
-    probs = torch.softmax(model(input_ids=ids).logits[0, -1].float(), -1)
-    top = torch.topk(probs, 5)
-    top5 = [[tokenizer.decode([int(i)]), round(float(p), 4)] for p, i in zip(top.values, top.indices)]
-    hits, diffs = 0, []
-    for prompt, io, s in ioi_prompts(n_prompts):
-        x = tokenizer(prompt, return_tensors="pt").input_ids
-        logits = model(input_ids=x).logits[0, -1]
-        io_id, s_id = (tokenizer(" " + w, add_special_tokens=False).input_ids[0] for w in (io, s))
-        hits += int(logits.argmax()) == io_id
-        diffs.append(float(logits[io_id] - logits[s_id]))
-    return dict(ioi_prompt=IOI_PROMPT, ioi_top5=top5, ioi_top1_is_mary=top5[0][0] == " Mary",
-                ioi_template_accuracy=hits / n_prompts, ioi_template_logit_diff=sum(diffs) / len(diffs),
-                ioi_template_prompts=n_prompts)
-
-
 def train_zoo_model(spec: ZooSpec | str, out_dir: Path, progress: bool = True) -> dict:
     """Train ``spec`` from scratch and ``save_pretrained`` model + tokenizer + ``zoo_report.json``
     into ``out_dir`` (which should be a fresh, temporary folder). Returns the report."""
@@ -476,24 +419,3 @@ def build_zoo(names=None, progress: bool = True) -> dict[str, dict]:
     for n in names:
         _spec(n)
     return {n: json.loads((ensure_zoo_model(n, progress=progress) / "zoo_report.json").read_text()) for n in names}
-
-
-REPORT_FIELDS = ("n_layers", "d_model", "n_params", "train_tokens", "train_time_s", "heldout_loss", "unigram_loss",
-                 "ioi_top5", "ioi_template_accuracy")
-
-
-def language_model_report(name: str, device: str = "cpu") -> dict:
-    """The same summary for any registry model: the zoo's stored report, or, for other models,
-    their shape and IOI behaviour (held-out and unigram losses need their training text, so they
-    are ``None`` there)."""
-    from mlsae.models import load_model, resolve_model
-
-    if resolve_model(name).kind == "zoo":
-        report = zoo_report(name)
-        return {k: report.get(k) for k in REPORT_FIELDS}
-    model, tokenizer = load_model(name, device=device)
-    ioi = ioi_report(model.cpu() if device == "cpu" else model, tokenizer)
-    return {"n_layers": model.config.num_hidden_layers, "d_model": model.config.hidden_size,
-            "n_params": sum(p.numel() for p in model.parameters()), "train_tokens": None, "train_time_s": None,
-            "heldout_loss": None, "unigram_loss": None, "ioi_top5": ioi["ioi_top5"],
-            "ioi_template_accuracy": ioi["ioi_template_accuracy"]}
