@@ -368,7 +368,8 @@ def test_a_folder_being_trained_by_another_process_is_refused_and_the_cache_wait
 
 
 def test_a_preset_means_the_same_in_the_cli_and_the_notebooks():
-    from mlsae.experiment import NOTEBOOK_PRESETS, Experiment
+    from mlsae.experiment import Experiment
+    from mlsae.presets import NOTEBOOK_PRESETS
 
     for preset in ("tiny", "default", "paper"):
         cli = config_from_preset(preset, model=NOTEBOOK_PRESETS[preset]["model"])

@@ -64,10 +64,6 @@ def final_norm(model: nn.Module) -> nn.Module:
     raise TypeError(f"cannot find the final norm of {type(model).__name__}; looked for {_NORM_ATTRS} on {type(base).__name__}")
 
 
-def _n_layers(model: nn.Module) -> int:
-    return len(transformer_blocks(model))
-
-
 def _d_model(model: nn.Module) -> int:
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if isinstance(emb, nn.Embedding):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -37,7 +37,6 @@ class MaxExamples:
     input_ids: Tensor  # [n_seq, seq_len] int32: the analysed tokens
     layers: list[int]  # model layer of each row
     n_tokens: int = 0  # analysed (non-special) tokens
-    extra: dict = field(default_factory=dict)
 
     @property
     def n_layers(self) -> int:
@@ -72,12 +71,12 @@ class MaxExamples:
         return [(float(a), int(i) // self.seq_len, int(i) % self.seq_len) for a, i in zip(v, t) if i >= 0]
 
     def save(self, path: Path) -> None:
-        """Tensors as safetensors, ``layers``, ``n_tokens`` and ``extra`` in the metadata (atomic write)."""
+        """Tensors as safetensors, ``layers`` and ``n_tokens`` in the metadata (atomic write)."""
         from safetensors.torch import save
 
         from mlsae.paths import atomic_write_bytes
 
-        meta = {k: json.dumps(getattr(self, k)) for k in ("layers", "n_tokens", "extra")}
+        meta = {k: json.dumps(getattr(self, k)) for k in ("layers", "n_tokens")}
         tensors = {"values": self.values.contiguous(), "tokens": self.tokens.contiguous(),
                    "input_ids": self.input_ids.contiguous()}
         atomic_write_bytes(Path(path), save(tensors, metadata=meta))
@@ -87,7 +86,7 @@ class MaxExamples:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            meta = {k: json.loads(v) for k, v in f.metadata().items()}
+            meta = {k: json.loads(v) for k, v in f.metadata().items() if k in ("layers", "n_tokens")}
             return cls(values=f.get_tensor("values"), tokens=f.get_tensor("tokens"),
                        input_ids=f.get_tensor("input_ids"), **meta)
 

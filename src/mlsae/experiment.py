@@ -23,36 +23,7 @@ from mlsae.paths import atomic_write_text, mlsae_home, safe_name
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
-# Notebook presets: which models the model-size figures use, and the token budgets.
-# "train" names a mlsae.train preset; "hub_data" is the text used for non-zoo models.
-NOTEBOOK_PRESETS: dict[str, dict] = {
-    "tiny": dict(
-        train="tiny", model="micro-m", models=["micro-s", "micro-m", "micro-l"], expansion_factor=8,
-        eval_tokens=2_048, analysis_tokens=8_192, seq_len=64, batch_size=8,
-        sweep=dict(model="micro-s", expansion_factors=[2, 8], ks=[8, 16], k_expansion_factor=8, train_tokens=20_000,
-                   analysis_tokens=4_096),
-        families={"GPT-NeoX": ["micro-s", "micro-m"], "GPT-2": ["micro-gpt2-s", "micro-gpt2-m"],
-                  "Llama": ["micro-llama-s", "micro-llama-m"]},
-    ),
-    "default": dict(
-        train="default", model="zoo-m", models=["zoo-s", "zoo-m", "zoo-xl"], expansion_factor=16,
-        eval_tokens=32_768, analysis_tokens=262_144, seq_len=128, batch_size=32,
-        sweep=dict(model="zoo-s", expansion_factors=[1, 2, 4, 8, 16, 32, 64], ks=[16, 32, 64, 128], k_expansion_factor=64,
-                   train_tokens=500_000, analysis_tokens=65_536),
-        families={"GPT-NeoX": ["zoo-s", "zoo-m"], "GPT-2": ["zoo-gpt2-s", "zoo-gpt2-m"],
-                  "Llama": ["zoo-llama-s", "zoo-llama-m"]},
-    ),
-    "paper": dict(
-        train="paper", model="pythia-70m", models=["pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b"],
-        expansion_factor=64, eval_tokens=1_000_000, analysis_tokens=10_000_000, seq_len=2048, batch_size=8,
-        sweep=dict(model="pythia-70m", expansion_factors=[1, 2, 4, 8, 16, 32, 64, 128, 256],
-                   ks=[16, 32, 64, 128, 256, 512], k_expansion_factor=64, train_tokens=None, analysis_tokens=1_000_000),
-        families={"GPT-NeoX": ["pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b"],
-                  "GPT-2": ["gpt2", "gpt2-medium", "gpt2-large"],
-                  "Llama": ["TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", "meta-llama/Llama-3.2-1B"]},
-    ),
-}
-HUB_DATA = "monology/pile-uncopyrighted"
+from mlsae.presets import HUB_DATA, NOTEBOOK_PRESETS
 
 
 def _named_set(base: str, chosen, preset) -> str:
@@ -66,9 +37,15 @@ def _named_set(base: str, chosen, preset) -> str:
 
 
 def preset_settings(preset: str) -> dict:
+    """A notebook preset with R and the sequence length of the train preset it names (defined there, once)."""
     if preset not in NOTEBOOK_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(NOTEBOOK_PRESETS)}")
-    return NOTEBOOK_PRESETS[preset]
+    from mlsae.presets import TRAIN_PRESETS
+    from mlsae.train import TrainConfig
+
+    settings = NOTEBOOK_PRESETS[preset]
+    train = TrainConfig(**TRAIN_PRESETS[settings["train"]])
+    return {**settings, "expansion_factor": train.expansion_factor, "seq_len": train.seq_len}
 
 
 @dataclass

@@ -33,6 +33,7 @@ from mlsae.lens_training import residual_lens_for
 from mlsae.pipeline import sae_inputs
 from mlsae.models import load_model
 from mlsae.paths import atomic_dir, atomic_write_text, mlsae_home, run_lock, safe_name
+from mlsae.presets import TRAIN_PRESETS
 from mlsae.sae import MLSAE, SAEConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -66,7 +67,7 @@ class TrainConfig:
     preset: str = "paper"
     # "unit": the paper's initialisation (unit-norm encoder rows, W_dec = W_enc^T). "fit": the same
     # directions, then the encoder scaled on the first batch (MLSAE.fit_encoder_scale_), which short
-    # runs need (the offline presets use it; see PRESETS). Left out of the cache key when "unit".
+    # runs need (the offline presets use it; see mlsae.presets). Left out of the cache key when "unit".
     encoder_init: str = "unit"
 
     def __post_init__(self):
@@ -130,23 +131,6 @@ class TrainConfig:
         return f"{safe_name(self.model)}-x{self.expansion_factor}-k{self.k}-{where}{lens}-{digest}"
 
 
-# Token budgets sized for the machine at hand. "paper" is PAPER.md §1 verbatim. The short offline
-# runs (a few hundred steps, not the paper's 7,600) also fit the encoder's scale on the first batch:
-# with the paper's unit-norm init, zoo-s at R=64 is still at FVU 1.06 after 262k tokens with k=32
-# (10.1 with k=128), against 0.031 (0.011) with the fit.
-PRESETS: dict[str, dict] = {
-    "paper": {},
-    "default": dict(
-        expansion_factor=16, data="offline", seq_len=128, batch_size=32, max_tokens=1_000_000, lr=1e-3,
-        dead_tokens=500_000, checkpoint_every=100, encoder_init="fit",
-    ),
-    "tiny": dict(
-        expansion_factor=8, data="offline:micro", seq_len=64, batch_size=8, max_tokens=40_000, lr=2e-3,
-        dead_tokens=20_000, k_aux=32, checkpoint_every=20, log_every=5, encoder_init="fit", lens_tokens=40_000,
-    ),
-}
-
-
 def config_from_preset(preset: str = "default", **overrides) -> TrainConfig:
     """A TrainConfig from a named preset, with explicit overrides applied on top.
 
@@ -154,9 +138,9 @@ def config_from_preset(preset: str = "default", **overrides) -> TrainConfig:
     preset: 2048) is shortened to the context; an explicit ``seq_len`` is kept (and checked by
     :func:`train_many` against the loaded model).
     """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    values = {**PRESETS[preset], "preset": preset, **overrides}
+    if preset not in TRAIN_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    values = {**TRAIN_PRESETS[preset], "preset": preset, **overrides}
     if "seq_len" not in overrides and "model" in overrides:
         from mlsae.models import model_context
 
