@@ -90,7 +90,8 @@ def test_list_parameters_take_json_text_and_check_every_element():
 
 
 def test_series_and_sweep_points_fail_on_a_bad_element_before_any_work(monkeypatch):
-    from mlsae.experiment import family_models, sweep_points
+    from mlsae.experiment import family_models
+    from mlsae.studies import sweep_points
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     exp = Experiment(preset="tiny")

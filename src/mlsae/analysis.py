@@ -486,3 +486,12 @@ def residual_geometry(
     cos_mean = s1 / n
     cos_var = (s2 / n - cos_mean**2).clamp_min(0) * n / max(n - 1, 1)
     return ResidualGeometry(cos_mean, (cos_var / n).sqrt(), norm_sum / n, n)
+
+
+def latent_order(stats: LayerDistributions):
+    """Alive latents sorted by mean layer (ties by index): the paper's column order (a numpy array)."""
+    import numpy as np
+
+    mean = stats.mean_layer.numpy()
+    alive = np.flatnonzero(~np.isnan(mean))
+    return alive[np.argsort(mean[alive], kind="stable")]

@@ -67,17 +67,17 @@ class Experiment:
     progress: bool = True
 
     def __post_init__(self):
-        p = preset_settings(_typed("preset", self.preset, str))
-        self.model = _typed("model", self.model if self.model is not None else p["model"], str)
+        p = preset_settings(typed_parameter("preset", self.preset, str))
+        self.model = typed_parameter("model", self.model if self.model is not None else p["model"], str)
         ef = p["expansion_factor"] if self.expansion_factor is None else self.expansion_factor
-        self.expansion_factor = _typed("expansion_factor", ef, int)
-        self.k = _typed("k", self.k, int)
-        self.tuned_lens = _typed("tuned_lens", self.tuned_lens, bool)
-        self.seed = _typed("seed", self.seed, int)
-        self.device = _typed("device", self.device, str)
+        self.expansion_factor = typed_parameter("expansion_factor", ef, int)
+        self.k = typed_parameter("k", self.k, int)
+        self.tuned_lens = typed_parameter("tuned_lens", self.tuned_lens, bool)
+        self.seed = typed_parameter("seed", self.seed, int)
+        self.device = typed_parameter("device", self.device, str)
         for name in ("train_tokens", "eval_tokens", "analysis_tokens"):
             value = getattr(self, name)
-            if value is not None and (_typed(name, value, int) <= 0):
+            if value is not None and (typed_parameter(name, value, int) <= 0):
                 raise ValueError(f"{name} must be a positive number of tokens, got {value}")
         self.eval_tokens = self.eval_tokens or p["eval_tokens"]
         self.analysis_tokens = self.analysis_tokens or p["analysis_tokens"]
@@ -136,19 +136,6 @@ class Experiment:
         keep = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         keep.update(model=model, data=None if model != self.model else self.data, **changes)
         return Experiment(**keep)
-
-    def reconstruction_table(self, models: list[str], lens_options: tuple[bool, ...] = (False, True)) -> list[dict]:
-        """PAPER.md §4 item 10: FVU, MSE, L0, L1, Delta CE, KL per model, with and without the lens."""
-        experiments = [self.with_model(m, tuned_lens=lens) for m in models for lens in lens_options]
-        train_together(experiments)
-        rows = []
-        for e in experiments:
-            r = e.evaluate()
-            rows.append({"model": e.model, "tuned lens": e.tuned_lens, "layers": len(r.layers), "FVU": r.mean("fvu"),
-                         "MSE": r.mean("mse"), "L0": r.mean("l0"), "L1": r.mean("l1"),
-                         "delta CE": r.mean("delta_ce"), "KL": r.mean("kl"), "clean CE": r.clean_ce,
-                         "dead fraction": r.dead_fraction})
-        return rows
 
     # ---- the pieces, built lazily and cached ------------------------------------------------
 
@@ -295,7 +282,7 @@ def list_parameter(name: str, value, kind: type = str, *, positive: bool = False
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError(f"parameter {name}={value!r} should be a non-empty list, e.g. -p {name} '[16, 32]'")
     for v in value:
-        _typed(f"{name} element", v, kind)
+        typed_parameter(f"{name} element", v, kind)
         if positive and v <= 0:
             raise ValueError(f"parameter {name}={list(value)} holds {v}; every element must be positive")
     return list(value)
@@ -359,127 +346,12 @@ def _load_or_compute(path: Path, kind, compute):
     return result
 
 
-def _paper_columns(summary: dict) -> dict:
-    """The paper's estimator and its decomposition next to the honest ratio (PAPER.md §3b)."""
-    from mlsae.analysis import headline_row
-
-    row = headline_row(summary)
-    row.pop("honest ratio")  # the tables already carry it as "variance ratio"
-    return row
-
-
 def _layers_tag(layers: list[int] | None) -> str:
     return "" if layers is None else "-at" + "-".join(map(str, layers))
 
 
-def _typed(name: str, value, kind: type):
+def typed_parameter(name: str, value, kind: type):
     # papermill passes what the user typed; bool is an int subclass, so check it first
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"parameter {name}={value!r} should be of type {kind.__name__}, got {type(value).__name__}")
     return value
-
-
-def sweep_points(exp: Experiment, expansion_factors, ks, k_expansion_factor: int) -> list[tuple[str, Experiment]]:
-    """The (R, k) points of :func:`sweep` as validated experiments: list parameters parsed (JSON text too)
-    and every point checked (k at most R * d_model) before anything is trained."""
-    expansion_factors = list_parameter("expansion_factors", expansion_factors, int, positive=True)
-    ks = list_parameter("ks", ks, int, positive=True)
-    k_expansion_factor = _typed("k_expansion_factor", k_expansion_factor, int)
-    points = [("R", r, exp.k) for r in expansion_factors] + [("k", k_expansion_factor, k) for k in ks]
-    return [(which, exp.with_model(exp.model, expansion_factor=r, k=k)) for which, r, k in points]
-
-
-def sweep(exp: Experiment, expansion_factors: list[int], ks: list[int], k_expansion_factor: int) -> list[dict]:
-    """PAPER.md §4 item 9: R at ``exp.k``, and k at R = ``k_expansion_factor``, for ``exp.model``.
-
-    One row per (R, k) point of each sweep (a point shared by both appears in both, trained once):
-    FVU and Delta CE (held-out, mean over layers), mean std of ``p(l | j)``, the headline variance
-    ratio, MMCS of the decoder and training time.
-    """
-    from mlsae.decoder import decoder_vectors, mmcs
-
-    points = sweep_points(exp, expansion_factors, ks, k_expansion_factor)
-    train_together([e for _, e in points])
-    rows = []
-    for which, e in points:
-        r, k = e.expansion_factor, e.k
-        result, summary = e.evaluate(), e.distributions().summary()
-        rows.append({
-            "sweep": which, "R": r, "k": k, "n_latents": e.sae.cfg.n_latents,
-            "FVU": result.mean("fvu"), "delta CE": result.mean("delta_ce"), "L0": result.mean("l0"),
-            "dead fraction": result.dead_fraction, "mean std of p(l|j)": summary["mean_std_layer"],
-            "variance ratio": summary["variance_ratio"], **_paper_columns(summary),
-            "MMCS": mmcs(decoder_vectors(e.sae), device=e.device),
-            "train seconds": e.train_summary().get("seconds", float("nan")),
-        })
-    return rows
-
-
-def lens_comparison(exp: Experiment, models: list[str]) -> list[dict]:
-    """PAPER.md §4 item 8: the central quantities of each model without and with the tuned lens."""
-    experiments = [exp.with_model(m, tuned_lens=lens) for m in models for lens in (False, True)]
-    train_together(experiments)
-    rows = []
-    for e in experiments:
-        s, r, g = e.distributions().summary(), e.evaluate(), e.geometry()
-        rows.append({
-            "model": e.model, "tuned lens": e.tuned_lens, "layers": s["n_layers"], "FVU": r.mean("fvu"),
-            "delta CE": r.mean("delta_ce"), "E_j Var(L|j)": s["aggregate_var"], "E_tj Var(L|t,j)": s["token_var"],
-            "variance ratio": s["variance_ratio"], **_paper_columns(s), "mean std of p(l|j)": s["mean_std_layer"],
-            "mean adjacent cosine": float(g.cos_mean.mean()),
-        })
-    return rows
-
-
-def single_layer_baselines(exp: Experiment) -> dict:
-    """PAPER.md §4 item 11: one SAE per layer (same R, k, data and tokens) against the MLSAE.
-
-    Returns ``saes`` {layer: Experiment}, the matrices ``fvu`` and ``delta_ce`` [trained-on, evaluated-on]
-    with the MLSAE as the last row, and the training seconds of each run.
-    """
-    import numpy as np
-
-    n_layers = exp.lm[0].config.num_hidden_layers
-    every = list(range(n_layers))
-    singles = {l: exp.with_model(exp.model, layers=[l]) for l in every}
-    train_together([exp, *singles.values()])
-    results = [singles[l].evaluate(layers=every) for l in every] + [exp.evaluate()]
-    return {
-        "saes": singles,
-        "row_labels": [f"SAE trained on layer {l}" for l in every] + ["MLSAE (all layers)"],
-        "fvu": np.array([r.fvu for r in results]),
-        "delta_ce": np.array([r.delta_ce for r in results]),
-        "seconds": {"MLSAE": exp.train_summary().get("seconds", float("nan")),
-                    **{f"layer {l}": singles[l].train_summary().get("seconds", float("nan")) for l in every}},
-        # weights, gradients and two Adam moments: what training holds per SAE, in MiB
-        "train_state_mib": {"MLSAE": _train_state_mib(exp.sae), **{f"layer {l}": _train_state_mib(singles[l].sae) for l in every}},
-    }
-
-
-def _train_state_mib(sae) -> float:
-    return 4 * sum(p.numel() * p.element_size() for p in sae.parameters()) / 2**20
-
-
-# ---- language models (notebook 01) ---------------------------------------------------------------
-
-REPORT_FIELDS = ("n_layers", "d_model", "n_params", "train_tokens", "train_time_s", "heldout_loss", "unigram_loss",
-                 "ioi_top5", "ioi_template_accuracy")
-
-
-def language_model_report(name: str, device: str = "cpu") -> dict:
-    """The same summary for any registry model: the zoo's stored report, or, for other models,
-    their shape and IOI behaviour (held-out and unigram losses need their training text, so they
-    are ``None`` there)."""
-    from mlsae.lm_eval import ioi_report
-    from mlsae.models import load_model, resolve_model
-    from mlsae.zoo import zoo_report
-
-    if resolve_model(name).kind == "zoo":
-        report = zoo_report(name)
-        return {k: report.get(k) for k in REPORT_FIELDS}
-    model, tokenizer = load_model(name, device=device)
-    ioi = ioi_report(model.cpu() if device == "cpu" else model, tokenizer)
-    return {"n_layers": model.config.num_hidden_layers, "d_model": model.config.hidden_size,
-            "n_params": sum(p.numel() for p in model.parameters()), "train_tokens": None, "train_time_s": None,
-            "heldout_loss": None, "unigram_loss": None, "ioi_top5": ioi["ioi_top5"],
-            "ioi_template_accuracy": ioi["ioi_template_accuracy"]}

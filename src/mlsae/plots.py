@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from mlsae.analysis import LayerDistributions, ResidualGeometry  # noqa: E402
+from mlsae.analysis import LayerDistributions, ResidualGeometry, latent_order  # noqa: E402
 from mlsae.paths import atomic_write_bytes, atomic_write_text, repository_root  # noqa: E402
 
 import os  # noqa: E402
@@ -114,13 +114,6 @@ def training_curves(log: list[dict], title: str = "") -> Figure:
     if title:
         fig.suptitle(title)
     return fig
-
-
-def latent_order(stats: LayerDistributions) -> np.ndarray:
-    """Alive latents sorted by mean layer (ties by index): the paper's column order."""
-    mean = stats.mean_layer.numpy()
-    alive = np.flatnonzero(~np.isnan(mean))
-    return alive[np.argsort(mean[alive], kind="stable")]
 
 
 def layer_heatmaps(stats: LayerDistributions, title: str = "", latents: np.ndarray | None = None) -> Figure:
