@@ -53,6 +53,7 @@ from mlsae.progress import bar
 
 from mlsae.activations import check_layers, residual_batches
 from mlsae.lens import IDENTITY, Lens, as_lens
+from mlsae.paths import load_result, save_result
 from mlsae.pipeline import latents, sae_layers
 from mlsae.sae import MLSAE
 
@@ -268,26 +269,13 @@ class LayerDistributions:
         return out
 
     def save(self, path: Path) -> None:
-        """counts and totals as safetensors, the scalar sums in the metadata."""
-        import json
-
-        from safetensors.torch import save
-
-        from mlsae.paths import atomic_write_bytes
-
-        meta = {k: json.dumps(getattr(self, k)) for k in _SCALARS}
-        tensors = {k: getattr(self, k).contiguous() for k in _TENSORS if getattr(self, k) is not None}
-        atomic_write_bytes(Path(path), save(tensors, metadata=meta))
+        """counts and totals as tensors, the scalar sums as metadata (:func:`mlsae.paths.save_result`)."""
+        save_result(path, {k: getattr(self, k) for k in _TENSORS}, {k: getattr(self, k) for k in _SCALARS})
 
     @classmethod
     def load(cls, path: Path) -> "LayerDistributions":
-        import json
-
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = {k: json.loads(v) for k, v in f.metadata().items() if k in _SCALARS}
-            return cls(**{k: f.get_tensor(k) for k in f.keys()}, **meta)
+        tensors, meta = load_result(path)
+        return cls(**tensors, **{k: v for k, v in meta.items() if k in _SCALARS})
 
 
 _SCALARS = ("token_var_sum", "token_var_weighted_sum", "token_weight_sum", "token_pairs", "tokens",
@@ -436,20 +424,12 @@ class ResidualGeometry:
     tokens: int
 
     def save(self, path: Path) -> None:
-        """safetensors, the token count in the metadata (no pickle)."""
-        from safetensors.torch import save
-
-        from mlsae.paths import atomic_write_bytes
-
-        tensors = {k: getattr(self, k).contiguous() for k in ("cos_mean", "cos_sem", "norm_mean")}
-        atomic_write_bytes(Path(path), save(tensors, metadata={"tokens": str(self.tokens)}))
+        save_result(path, {k: getattr(self, k) for k in ("cos_mean", "cos_sem", "norm_mean")}, {"tokens": self.tokens})
 
     @classmethod
     def load(cls, path: Path) -> "ResidualGeometry":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return cls(**{k: f.get_tensor(k) for k in f.keys()}, tokens=int(f.metadata()["tokens"]))
+        tensors, meta = load_result(path)
+        return cls(**tensors, tokens=int(meta["tokens"]))
 
 
 @torch.no_grad()

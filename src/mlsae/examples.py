@@ -15,7 +15,6 @@ on just the few sequences that hold its examples (:class:`ExampleBrowser`).
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor
 
 from mlsae.lens import IDENTITY, Lens, as_lens
+from mlsae.paths import load_result, save_result
 from mlsae.pipeline import latents, sae_layers
 from mlsae.sae import MLSAE
 
@@ -71,24 +71,14 @@ class MaxExamples:
         return [(float(a), int(i) // self.seq_len, int(i) % self.seq_len) for a, i in zip(v, t) if i >= 0]
 
     def save(self, path: Path) -> None:
-        """Tensors as safetensors, ``layers`` and ``n_tokens`` in the metadata (atomic write)."""
-        from safetensors.torch import save
-
-        from mlsae.paths import atomic_write_bytes
-
-        meta = {k: json.dumps(getattr(self, k)) for k in ("layers", "n_tokens")}
-        tensors = {"values": self.values.contiguous(), "tokens": self.tokens.contiguous(),
-                   "input_ids": self.input_ids.contiguous()}
-        atomic_write_bytes(Path(path), save(tensors, metadata=meta))
+        """Tensors, and ``layers`` and ``n_tokens`` as metadata (:func:`mlsae.paths.save_result`)."""
+        save_result(path, {"values": self.values, "tokens": self.tokens, "input_ids": self.input_ids},
+                    {"layers": self.layers, "n_tokens": self.n_tokens})
 
     @classmethod
     def load(cls, path: Path) -> "MaxExamples":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = {k: json.loads(v) for k, v in f.metadata().items() if k in ("layers", "n_tokens")}
-            return cls(values=f.get_tensor("values"), tokens=f.get_tensor("tokens"),
-                       input_ids=f.get_tensor("input_ids"), **meta)
+        tensors, meta = load_result(path)
+        return cls(**tensors, layers=meta["layers"], n_tokens=meta["n_tokens"])
 
 
 class MaxExamplesAccumulator:

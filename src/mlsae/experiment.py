@@ -19,7 +19,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from mlsae.paths import atomic_write_text, mlsae_home, safe_name
+from mlsae.paths import mlsae_home, safe_name
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -213,32 +213,37 @@ class Experiment:
 
     # ---- statistics, cached next to the SAE --------------------------------------------------
 
+    def _stream_fields(self, tokens: int) -> dict:
+        """What selects the held-out token stream a statistic is computed on (part of its cache key)."""
+        from mlsae.cache import data_identity
+
+        return dict(tokens=tokens, data=data_identity(self.data), seq_len=self.seq_len,
+                    batch_size=self.settings["batch_size"])
+
     def evaluate(self, downstream: bool = True, layers: list[int] | None = None):
         """Metrics on held-out text; ``layers`` applies the SAE elsewhere than where it was trained."""
+        from mlsae.cache import cached
         from mlsae.metrics import EvalResult, evaluate
 
-        path = self.out_dir / f"eval-{self.eval_tokens}-{int(downstream)}{_layers_tag(layers)}.json"
-        if path.exists():
-            return EvalResult(**json.loads(path.read_text()))
-        model, tokenizer = self.lm
-        result = evaluate(model, tokenizer, self.sae, self.batches(self.eval_tokens), lens=self.lens,
-                          downstream=downstream, layers=layers, progress=self.progress)
-        atomic_write_text(path, json.dumps(result.to_dict()))
-        return result
+        fields = dict(self._stream_fields(self.eval_tokens), downstream=downstream, layers=layers)
+        return cached(self.out_dir, "eval", fields, EvalResult.load, lambda: evaluate(
+            *self.lm, self.sae, self.batches(self.eval_tokens), lens=self.lens, downstream=downstream, layers=layers,
+            progress=self.progress))
 
     def distributions(self, layers: list[int] | None = None, window: int | None = None):
         """Distributions over layers; ``layers`` (e.g. every layer for a single-layer SAE) as in :meth:`evaluate`;
         ``window``: tokens per window of the paper's estimator (default 2048, theirs)."""
         from mlsae.analysis import PAPER_WINDOW, LayerDistributions, layer_distributions
+        from mlsae.cache import cached
 
         window = window or PAPER_WINDOW
-        # v2: with the token-weighted sums and the paper's per-window estimator
-        path = self.out_dir / f"distributions-v2-{self.analysis_tokens}-w{window}{_layers_tag(layers)}.safetensors"
-        return _load_or_compute(path, LayerDistributions, lambda: layer_distributions(
+        fields = dict(self._stream_fields(self.analysis_tokens), layers=layers, window=window)
+        return cached(self.out_dir, "distributions", fields, LayerDistributions.load, lambda: layer_distributions(
             *self.lm, self.sae, self.batches(self.analysis_tokens), lens=self.lens, layers=layers,
             progress=self.progress, window=window))
 
     def prompt_distribution(self, prompt: str = IOI_PROMPT):
+        """One prompt's distributions over layers (computed each time: one forward pass)."""
         from mlsae.analysis import prompt_distribution
 
         model, tokenizer = self.lm
@@ -247,20 +252,30 @@ class Experiment:
     def max_examples(self, n_examples: int = 8):
         """PAPER.md §4 item 14: the top ``n_examples`` activations of every (layer, latent) and the
         analysed token ids (:class:`mlsae.examples.MaxExamples`), cached next to the SAE."""
+        from mlsae.cache import cached
         from mlsae.examples import MaxExamples, max_examples
 
-        path = self.out_dir / f"examples-{self.analysis_tokens}-{n_examples}.safetensors"
-        return _load_or_compute(path, MaxExamples, lambda: max_examples(
+        fields = dict(self._stream_fields(self.analysis_tokens), n_examples=n_examples)
+        return cached(self.out_dir, "examples", fields, MaxExamples.load, lambda: max_examples(
             *self.lm, self.sae, self.batches(self.analysis_tokens), lens=self.lens, n_examples=n_examples,
             progress=self.progress))
+
+    def geometry_fields(self) -> dict:
+        """What :meth:`geometry` depends on (its cache key): the model's weights, the text and the lens."""
+        from mlsae.cache import model_identity
+        from mlsae.lens_training import lens_fields
+
+        lens = lens_fields(self.model, **self.train_config().lens_kwargs()) if self.tuned_lens else None
+        return dict(self._stream_fields(self.eval_tokens), model=model_identity(self.model), lens=lens)
 
     def geometry(self):
         """Adjacent-layer cosine similarity and norms of the residual stream (no SAE involved)."""
         from mlsae.analysis import ResidualGeometry, residual_geometry
+        from mlsae.cache import cached
 
-        path = mlsae_home() / "geometry" / f"{safe_name(self.model)}-{safe_name(self.data)}-{self.eval_tokens}-lens{int(self.tuned_lens)}.safetensors"
-        return _load_or_compute(path, ResidualGeometry, lambda: residual_geometry(
-            *self.lm, lambda: self.batches(self.eval_tokens), lens=self.lens, progress=self.progress))
+        return cached(mlsae_home() / "geometry" / safe_name(self.model), "geometry", self.geometry_fields(), ResidualGeometry.load,
+                      lambda: residual_geometry(*self.lm, lambda: self.batches(self.eval_tokens), lens=self.lens,
+                                                progress=self.progress))
 
 
 def train_together(experiments: list[Experiment]) -> None:
@@ -335,19 +350,6 @@ def family_models(exp: Experiment, families: dict[str, list[str]] | str | None =
     present = {f: sorted((m for m in ms if m not in missing), key=lambda m: model_shape(m) or (0, 0))
                for f, ms in wanted.items()}
     return {f: ms for f, ms in present.items() if ms}
-
-
-def _load_or_compute(path: Path, kind, compute):
-    """``kind.load(path)`` if a previous run saved it, else ``compute()``, saved (atomically) for next time."""
-    if path.exists():
-        return kind.load(path)
-    result = compute()
-    result.save(path)
-    return result
-
-
-def _layers_tag(layers: list[int] | None) -> str:
-    return "" if layers is None else "-at" + "-".join(map(str, layers))
 
 
 def typed_parameter(name: str, value, kind: type):

@@ -24,9 +24,13 @@ have to think about this again. Getting a lens (pretrained, or trained here and 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 from tuned_lens import TunedLens
+
+from mlsae.paths import load_result, save_result
 
 
 class ResidualLens(nn.Module):
@@ -57,6 +61,15 @@ class ResidualLens(nn.Module):
     @property
     def n_layers(self) -> int:
         return self.weight.shape[0]
+
+    def save(self, path: Path) -> None:
+        """``weight`` and ``bias`` (:func:`mlsae.paths.save_result`; no pickle, unlike tuned-lens' params.pt)."""
+        save_result(path, {"weight": self.weight, "bias": self.bias}, {"format": "mlsae.ResidualLens"})
+
+    @classmethod
+    def load(cls, path: Path) -> "ResidualLens":
+        tensors, _ = load_result(path)
+        return cls(tensors["weight"], tensors["bias"])
 
     @classmethod
     def from_tuned_lens(cls, lens: TunedLens) -> "ResidualLens":

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tuned_lens import TunedLens
 
+from mlsae.cache import cached, data_identity, model_identity, path_for
 from mlsae.lens import ResidualLens
 from mlsae.paths import atomic_dir
 from mlsae.progress import bar
@@ -127,6 +128,13 @@ def lens_kl_per_layer(model: nn.Module, lens: TunedLens, input_ids: Tensor) -> T
     return torch.stack(kls)
 
 
+def lens_fields(model_name: str, *, data: str, seed: int, train_tokens: int, seq_len: int = 128,
+                batch_size: int = 16) -> dict:
+    """What a lens trained here depends on (its cache key): the model's weights, the text and the budget."""
+    return dict(model=model_identity(model_name), data=data_identity(data), seed=seed, train_tokens=train_tokens,
+                seq_len=seq_len, batch_size=batch_size)
+
+
 def residual_lens_for(
     model_name: str,
     model: nn.Module,
@@ -140,7 +148,8 @@ def residual_lens_for(
     progress: bool = True,
 ) -> ResidualLens:
     """The lens for ``model_name`` as a :class:`ResidualLens`: pretrained if one is on this machine,
-    else trained here once (on ``data``) and cached under ``$MLSAE_HOME/lenses``.
+    else trained here once (on ``data``) and cached under ``$MLSAE_HOME/lenses`` (:mod:`mlsae.cache`: keyed
+    by the model's weights and the text, not their names).
 
     Pythia models have pretrained lenses (``tuned-lens`` space); the offline zoo and any other
     model get a lens trained by :func:`train_tuned_lens`.
@@ -148,17 +157,19 @@ def residual_lens_for(
     from mlsae.data import load_text, token_batches
     from mlsae.paths import mlsae_home, safe_name
 
-    cached = mlsae_home() / "lenses" / f"{safe_name(model_name)}-{train_tokens}-s{seed}"
-    if (cached / "params.pt").exists():
-        return ResidualLens.from_tuned_lens(load_lens(model, cached))
-    if not Path(model_name).exists() and "/" in str(model.config.name_or_path) and not Path(model.config.name_or_path).exists():
+    folder = mlsae_home() / "lenses" / safe_name(model_name)
+    fields = lens_fields(model_name, data=data, seed=seed, train_tokens=train_tokens, seq_len=seq_len, batch_size=batch_size)
+    if not path_for(folder, "lens", fields).exists() and not Path(model_name).exists() \
+            and "/" in str(model.config.name_or_path) and not Path(model.config.name_or_path).exists():
         try:
             return ResidualLens.from_tuned_lens(load_pretrained_lens(model))
         except LensNotAvailableError:
             pass  # fall through to training our own
-    torch.manual_seed(seed)
-    dataset = load_text(data, split="train", streaming=True)
-    batches = token_batches(dataset, tokenizer, seq_len, batch_size, max_tokens=train_tokens)
-    lens = train_tuned_lens(model, batches, progress=progress)
-    save_lens(lens, cached)
-    return ResidualLens.from_tuned_lens(lens)
+
+    def train_here() -> ResidualLens:
+        torch.manual_seed(seed)
+        batches = token_batches(load_text(data, split="train", streaming=True), tokenizer, seq_len, batch_size,
+                                max_tokens=train_tokens)
+        return ResidualLens.from_tuned_lens(train_tuned_lens(model, batches, progress=progress))
+
+    return cached(folder, "lens", fields, ResidualLens.load, train_here)

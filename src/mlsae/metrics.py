@@ -22,16 +22,18 @@ computed layer by layer, so no ``[layer, batch, pos, vocab]`` buffer ever exists
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from mlsae.progress import bar
 
 from mlsae.activations import check_layers, logits_from_layer, residual_batches
 from mlsae.lens import IDENTITY, Lens, as_lens
+from mlsae.paths import load_result, save_result
 from mlsae.pipeline import sae_inputs
+from mlsae.progress import bar
 from mlsae.sae import MLSAE
 
 
@@ -61,6 +63,13 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def save(self, path: Path) -> None:
+        save_result(path, {}, self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path) -> "EvalResult":
+        return cls(**load_result(path)[1])
 
 
 def check_sae_matches_model(sae: MLSAE, model) -> None:

@@ -77,6 +77,31 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def save_result(path: Path, tensors: dict, meta: dict) -> None:
+    """The one on-disk format of every cached result: tensors in a safetensors file, everything else as
+    JSON in its metadata (one entry per field), written atomically. No pickle."""
+    import json
+
+    from safetensors.torch import save
+
+    tensors = {k: t.detach().cpu().contiguous() for k, t in tensors.items() if t is not None}
+    atomic_write_bytes(Path(path), save(tensors, metadata={k: json.dumps(v) for k, v in meta.items()}))
+
+
+def load_result(path: Path) -> tuple[dict, dict]:
+    """``(tensors, meta)`` as :func:`save_result` wrote them; a torn or foreign file is a ValueError naming it."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(f"{path} is not a readable result file ({type(err).__name__}: {err}); delete it and it is "
+                         "computed again") from None
+
+
 def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -67,7 +66,7 @@ class TrainConfig:
     preset: str = "paper"
     # "unit": the paper's initialisation (unit-norm encoder rows, W_dec = W_enc^T). "fit": the same
     # directions, then the encoder scaled on the first batch (MLSAE.fit_encoder_scale_), which short
-    # runs need (the offline presets use it; see mlsae.presets). Left out of the cache key when "unit".
+    # runs need (the offline presets use it; see mlsae.presets).
     encoder_init: str = "unit"
 
     def __post_init__(self):
@@ -115,20 +114,21 @@ class TrainConfig:
     def cache_key(self) -> str:
         """A readable, stable name for this configuration's SAE in the shared cache.
 
-        Everything that changes the trained weights is hashed; ``device``, logging and
+        Everything that changes the trained weights is hashed (:func:`mlsae.cache.key`), including the
+        identity of the model's weights and of the text, not just their names; ``device``, logging and
         checkpoint cadence are not.
         """
+        from mlsae.cache import data_identity, key, model_identity
+
         d = self.to_dict()
         for name in ("device", "checkpoint_every", "log_every", "preset"):
             d.pop(name)
-        if d["encoder_init"] == "unit":  # keys of runs from before the option existed stay valid
-            d.pop("encoder_init")
-        if not self.tuned_lens or d["lens_tokens"] == 400_000:  # no lens, or the budget every run had before
+        if not self.tuned_lens:
             d.pop("lens_tokens")
-        digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+        d.update(model_identity=model_identity(self.model), data_identity=data_identity(self.data))
         where = "all" if self.layers is None else "L" + "-".join(map(str, self.layers))
         lens = "-lens" if self.tuned_lens else ""
-        return f"{safe_name(self.model)}-x{self.expansion_factor}-k{self.k}-{where}{lens}-{digest}"
+        return f"{safe_name(self.model)}-x{self.expansion_factor}-k{self.k}-{where}{lens}-{key('sae', d)}"
 
 
 def config_from_preset(preset: str = "default", **overrides) -> TrainConfig:
