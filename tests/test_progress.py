@@ -40,3 +40,21 @@ def test_jupyter_gets_widget_bars_not_a_tqdm_warning():
     import tqdm.notebook
 
     assert tqdm.notebook.IProgress is not None
+
+
+def test_only_the_two_known_transformers_warnings_are_dropped():
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    progress.drop_benign_warnings()
+    progress.drop_benign_warnings()  # idempotent: one filter per handler
+    handlers = hf_logging.get_logger().handlers
+    assert handlers and all(sum(type(f).__name__ == "_DropBenign" for f in h.filters) == 1 for h in handlers)
+
+    def shown(text):
+        record = logging.LogRecord("transformers.models.gpt2", logging.WARNING, __file__, 1, text, None, None)
+        return all(h.filter(record) for h in handlers)
+
+    assert shown("something else is wrong")
+    assert not any(shown(text + " (and the rest of the message)") for text in progress.BENIGN_WARNINGS)

@@ -1,14 +1,16 @@
-"""Progress bars: one switch for the whole package.
+"""Progress bars and library noise: one switch for the whole package.
 
 Bars are tqdm's ``auto`` flavour, so they render as widgets in JupyterLab (ipywidgets is pinned for
 that) and as text in a terminal. ``MLSAE_PROGRESS=0`` turns every bar off: the notebook runner
 (``mlsae figures``, the test suite) sets it for its kernels, so an executed notebook holds results
 rather than hundreds of bar redraws. transformers' own "Loading weights" bars are always silenced
-while this package loads a model (:func:`quiet_loading`).
+while this package loads a model (:func:`quiet_loading`), and two transformers warnings that are
+expected here are dropped (:data:`BENIGN_WARNINGS`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from typing import Iterable, Iterator
@@ -51,3 +53,27 @@ def quiet_kernels() -> Iterator[None]:
     finally:
         if chosen is None:
             os.environ.pop(ENV, None)
+
+
+# transformers warnings that are expected here and say nothing wrong; shown pink in every notebook otherwise.
+BENIGN_WARNINGS = (
+    # The zoo's configs name no loss type; transformers falls back to the causal-LM loss, the one we train with.
+    "`loss_type=None` was set in the config but it is unrecognized",
+    # Our batches are fixed-length windows of concatenated documents: GPT-2's pad token (= EOS) marks a
+    # document boundary there, never padding, so no attention mask is needed.
+    "We strongly recommend passing in an `attention_mask` since your input_ids may be padded",
+)
+
+
+class _DropBenign(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(BENIGN_WARNINGS)
+
+
+def drop_benign_warnings() -> None:
+    """Filter :data:`BENIGN_WARNINGS` out of transformers' log handler (idempotent); nothing else."""
+    from transformers.utils import logging as hf_logging
+
+    for handler in hf_logging.get_logger().handlers:
+        if not any(isinstance(f, _DropBenign) for f in handler.filters):
+            handler.addFilter(_DropBenign())

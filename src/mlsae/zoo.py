@@ -36,8 +36,9 @@ from typing import Iterator
 
 import torch
 
-from mlsae.paths import atomic_write_text, build_once, mlsae_home
 from mlsae.lm_eval import evaluate_lm, ioi_report
+from mlsae.paths import atomic_write_text, build_once, mlsae_home
+from mlsae.progress import bar as progress_bar, drop_benign_warnings
 from mlsae.text import TEXT_VERSION, offline_corpus
 
 __all__ = [
@@ -324,12 +325,12 @@ def train_zoo_model(spec: ZooSpec | str, out_dir: Path, progress: bool = True) -
 
 
 def _train(spec: ZooSpec, tokenizer, out_dir: Path, progress: bool) -> dict:
-    from mlsae.progress import bar as progress_bar
     import transformers
 
     from mlsae.data import load_text, token_batches
 
     torch.manual_seed(spec.seed)
+    drop_benign_warnings()
     model = getattr(transformers, _MODEL_CLASS[spec.arch])(spec.config(tokenizer))
     model.train()
     opt = _optimizer(model, spec)
