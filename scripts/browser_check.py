@@ -71,6 +71,18 @@ def _kernel_states(port: int) -> list[str]:
     return [s["kernel"]["execution_state"] for s in _api(port, "sessions")]
 
 
+def _finished(driver, port: int) -> bool:
+    """The run is over: the kernel is idle, no cell waits ("[*]") and every cell ran or one failed."""
+    from selenium.webdriver.common.by import By
+
+    prompts = [e.get_attribute("textContent") for e in driver.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .jp-InputPrompt")]
+    failed = driver.find_elements(By.CSS_SELECTOR, '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"], '
+                                                   '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
+    ran = [p for p in prompts if any(c.isdigit() for c in p)]
+    return (_kernel_states(port) == ["idle"] and bool(prompts) and not any("*" in p for p in prompts)
+            and (len(ran) == len(prompts) or bool(failed)))
+
+
 def summarise(path: Path) -> dict:
     """What the saved notebook holds: cells run, errors, stderr outputs, progress widgets, images."""
     nb = nbformat.read(path, as_version=4)
@@ -106,6 +118,10 @@ def check(notebook: str, parameters: dict, screenshot: Path, timeout: float) -> 
     env = {**os.environ, "MLSAE_FIGURES": os.environ.get("MLSAE_FIGURES", str(work / "figures")),
            "JUPYTER_CONFIG_DIR": str(work / "config"), "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
     env.pop("MLSAE_PROGRESS", None)  # what a user sees: bars on, drawn as widgets
+    settings = work / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news toast
+    env["JUPYTERLAB_SETTINGS_DIR"] = str(work / "settings")
     lab = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
          f"--ServerApp.root_dir={work}", "--IdentityProvider.token=", "--ServerApp.password=",
@@ -134,15 +150,17 @@ def check(notebook: str, parameters: dict, screenshot: Path, timeout: float) -> 
         item = _wait("Run All Cells", lambda: [e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-Menu-itemLabel")
                                                if e.text == "Run All Cells"], 30)
         item[0].click()
-        _wait("the kernel to start running", lambda: "busy" in _kernel_states(port), 30, every=0.1)
-        # Idle for 3 s in a row: the run is over (finished, or stopped at an error).
-        _wait("the run to finish", lambda: _kernel_states(port) == ["idle"] and (time.sleep(3) or
-              _kernel_states(port) == ["idle"]), timeout, every=1)
+        _wait("the run to finish", lambda: _finished(driver, port) and (time.sleep(2) or _finished(driver, port)),
+              timeout, every=1)
         seconds = time.monotonic() - start
         before = path.stat().st_mtime_ns
         driver.find_element(By.CSS_SELECTOR, ".jp-Notebook").click()
         driver.find_element(By.TAG_NAME, "body").send_keys(Keys.CONTROL, "s")
         _wait("the notebook to be saved", lambda: path.stat().st_mtime_ns != before, 30)
+        images = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output img")
+        if images:  # show the first figure, as a reader scrolling down would see it
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", images[0])
+            time.sleep(1)
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(screenshot))
         return {"notebook": notebook, "parameters": parameters, "seconds": round(seconds, 1),
