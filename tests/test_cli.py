@@ -39,3 +39,29 @@ def test_eval_on_a_truncated_sae_is_one_line(tmp_path, capsys):
     assert main(["eval", "--sae", str(tmp_path / "sae"), "--model", "micro-s"]) == 2
     err = capsys.readouterr().err
     assert "model.safetensors: cannot be read" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_flags_are_generated_from_the_config(monkeypatch):
+    """Every TrainConfig field is a flag with its comment as help, so a new field cannot be forgotten,
+    and what the CLI builds is exactly config_from_preset with the given values."""
+    import dataclasses
+
+    import mlsae.__main__ as cli
+    from mlsae.train import TrainConfig, config_from_preset
+
+    helps = TrainConfig.field_help()
+    assert set(helps) == {f.name for f in dataclasses.fields(TrainConfig)}, "a field without a help comment"
+    built = {}
+
+    def fake_train(cfg, out, resume):
+        built["cfg"] = cfg
+        raise ValueError("stop here")
+
+    monkeypatch.setattr("mlsae.train.train", fake_train)
+    argv = ["train", "--model", "micro-s", "--preset", "tiny", "-k", "16", "--tuned-lens", "--lens-tokens", "1000",
+            "--layers", "0,2", "--lr", "0.003", "--encoder-init", "unit"]
+    assert cli.main(argv) == 2
+    assert built["cfg"] == config_from_preset("tiny", model="micro-s", k=16, tuned_lens=True, lens_tokens=1000,
+                                              layers=[0, 2], lr=0.003, encoder_init="unit")
+    assert cli.main(["train", "--model", "micro-s", "--preset", "tiny"]) == 2
+    assert built["cfg"] == config_from_preset("tiny", model="micro-s")  # nothing given: the preset's values

@@ -52,6 +52,28 @@ def test_training_logs_metrics_lowers_fvu_and_saves(tiny_model_dir, text_dir, tm
     assert result.steps == 30 and result.tokens > 0
 
 
+def test_a_trained_sae_says_what_it_was_trained_on_and_evaluates_from_its_folder(tiny_model_dir, text_dir, tmp_path,
+                                                                                 capsys):
+    from mlsae.__main__ import main
+    from mlsae.cache import data_identity, model_identity
+    from mlsae.sae import read_provenance
+
+    cfg = _cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 6)
+    train(cfg, tmp_path / "run", progress=False)
+    p = read_provenance(tmp_path / "run" / "sae")
+    assert p["model"] == cfg.model and p["model_identity"] == model_identity(cfg.model)
+    assert p["data_identity"] == data_identity(cfg.data) and p["split"] == "train" and p["preset"] == "tiny"
+    assert p["tokens"] > 0 and p["steps"] == 6
+    assert p["cache_key"] == cfg.cache_key() and p["train_config"] == cfg.to_dict() and "fvu" in p["metrics"]
+    assert p["mlsae_version"] and "git_commit" in p
+    card = (tmp_path / "run" / "sae" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: mlsae") and p["model_identity"] in card
+    MLSAE.from_pretrained(tmp_path / "run" / "sae")  # the card and provenance do not disturb loading
+    assert main(["eval", str(tmp_path / "run"), "--tokens", "256"]) == 0  # no --model, --data or --seq-len
+    rows = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+    assert [r["layer"] for r in rows] == [0, 1, 2, "mean"]
+
+
 def test_same_seed_same_weights(tiny_model_dir, text_dir, tmp_path):
     a = train(_cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 8), tmp_path / "a", progress=False).sae
     b = train(_cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 8), tmp_path / "b", progress=False).sae
@@ -290,7 +312,7 @@ def test_resume_with_other_hyper_parameters_is_refused_and_changes_nothing(tiny_
     assert result.steps == 30
 
 
-@pytest.mark.parametrize("name", ["sae/model.safetensors", "optimizer.pt"])
+@pytest.mark.parametrize("name", ["sae/model.safetensors", "optimizer.safetensors"])
 def test_truncated_checkpoint_file_is_one_clear_error(tiny_model_dir, text_dir, tmp_path, monkeypatch, name):
     out = tmp_path / "run"
     _interrupted_run(tiny_model_dir, text_dir, out, monkeypatch)
@@ -310,14 +332,15 @@ def test_a_torn_last_log_line_is_dropped_on_resume(tiny_model_dir, text_dir, tmp
     assert [r["step"] for r in log] == list(range(1, 31)) and result.steps == 30
 
 
-def test_optimizer_state_is_loaded_without_pickle(tiny_model_dir, text_dir, tmp_path, monkeypatch):
+def test_optimizer_state_is_saved_and_loaded_without_pickle(tiny_model_dir, text_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     _interrupted_run(tiny_model_dir, text_dir, out, monkeypatch)
+    assert (out / "checkpoint" / "optimizer.safetensors").is_file()
+    assert not list((out / "checkpoint").rglob("*.pt")) and not list((out / "checkpoint").rglob("*.bin"))
     calls = []
-    real = torch.load
-    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw.get("weights_only")) or real(*a, **kw))
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(1))
     train(_cfg(tiny_model_dir, text_dir), out, progress=False)
-    assert calls == [True]
+    assert calls == []  # torch.load (pickle) is never called on resume
 
 
 def test_a_folder_being_trained_by_another_process_is_refused_and_the_cache_waits(tiny_model_dir, text_dir, tmp_path,

@@ -5,15 +5,18 @@ Examples::
     python -m mlsae zoo                                   # build the offline model zoo
     python -m mlsae train --model zoo-m --preset default  # MLSAE on an offline zoo model
     python -m mlsae train --model pythia-70m --expansion-factor 64 -k 32 --tuned-lens
-    python -m mlsae eval --sae ~/.cache/mlsae/saes/<run>/sae --model zoo-m --tokens 50000
+    python -m mlsae eval ~/.cache/mlsae/saes/<run> --tokens 50000    # model, data, lens from the run
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
+
+from mlsae.train import TrainConfig
 
 
 def _layers(text: str) -> list[int]:
@@ -23,38 +26,53 @@ def _layers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--layers takes comma-separated integers like 0,3; got {text!r}")
 
 
+def _add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One flag per dataclass field (``--expansion-factor``, ``-k`` too for one-letter names), typed from the
+    annotation, its help from the field's comment; every default is None, so only what is given
+    overrides the preset."""
+    import typing
+
+    hints, helps = typing.get_type_hints(cls), cls.field_help()
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flags = [f"--{f.name.replace('_', '-')}"] + ([f"-{f.name}"] if len(f.name) == 1 else [])
+        help = f"{helps.get(f.name, '')} [preset's value, else {f.default!r}]".strip()
+        kind = hints[f.name]
+        if kind is bool:
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
+        elif kind in (int, float, str):
+            parser.add_argument(*flags, dest=f.name, type=kind, default=None, help=help)
+        elif kind == (list[int] | None):
+            parser.add_argument(*flags, dest=f.name, type=_layers, default=None, help=help)
+        else:  # a new field of another type must say how it is parsed
+            raise TypeError(f"no command-line parser for {cls.__name__}.{f.name}: {kind}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlsae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train an MLSAE (or a single-layer SAE with --layers)")
-    t.add_argument("--model", required=True, help="registry name (pythia-70m, zoo-m, ...), HF id or local path")
-    t.add_argument("--preset", default=None, help="paper | default | tiny (default: 'paper' for hub models, 'default' for the zoo)")
-    t.add_argument("--expansion-factor", type=int, default=None)
-    t.add_argument("-k", type=int, default=None)
-    t.add_argument("--tuned-lens", action="store_true")
-    t.add_argument("--layers", type=_layers, default=None, help="e.g. 3 for a single-layer SAE on layer 3")
-    t.add_argument("--data", default=None, help="'offline', a local folder/file, or a HF data set name")
-    t.add_argument("--max-tokens", type=int, default=None)
-    t.add_argument("--seq-len", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--grad-accum", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--device", default=None)
-    t.add_argument("--autocast", choices=["fp32", "bf16", "fp16"], default=None)
-    t.add_argument("--checkpoint-every", type=int, default=None)
+    t.add_argument("--model", required=True, help=TrainConfig.field_help()["model"])
+    t.add_argument("--preset", default=None, help="paper | default | tiny: where every value not given starts "
+                   "(default: 'paper' for hub models, 'default' for the zoo)")
+    _add_config_flags(t, TrainConfig, skip=("model", "preset"))
     t.add_argument("--out", type=Path, default=None, help="output folder (default: the shared cache)")
     t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
 
     e = sub.add_parser("eval", help="evaluate a saved SAE on held-out text")
-    e.add_argument("--sae", type=Path, required=True, help="folder written by save_pretrained")
-    e.add_argument("--model", required=True)
-    e.add_argument("--data", default="offline")
+    e.add_argument("run", type=Path, nargs="?", default=None,
+                   help="a training run's folder (or its sae/ folder, or a hub id): model, data and lens are read "
+                        "from its provenance.json")
+    e.add_argument("--sae", type=Path, default=None, help="folder written by save_pretrained (instead of RUN)")
+    e.add_argument("--model", default=None, help="default: the model the SAE was trained on")
+    e.add_argument("--data", default=None, help="default: the data the SAE was trained on (its test split)")
     e.add_argument("--tokens", type=int, default=50_000)
-    e.add_argument("--seq-len", type=int, default=128)
+    e.add_argument("--seq-len", type=int, default=None, help="default: the training run's")
     e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--tuned-lens", action="store_true")
+    e.add_argument("--tuned-lens", action=argparse.BooleanOptionalAction, default=None,
+                   help="default: as the SAE was trained")
     e.add_argument("--device", default="cpu")
 
     z = sub.add_parser("zoo", help="build the offline model zoo and print its report")
@@ -81,14 +99,9 @@ def _train(args) -> int:
     from mlsae.train import config_from_preset, train
 
     preset = args.preset or ("default" if resolve_model(args.model).kind == "zoo" else "paper")
-    names = {
-        "expansion_factor": args.expansion_factor, "k": args.k, "layers": args.layers, "data": args.data,
-        "max_tokens": args.max_tokens, "seq_len": args.seq_len, "batch_size": args.batch_size,
-        "grad_accum": args.grad_accum, "lr": args.lr, "seed": args.seed, "device": args.device,
-        "autocast": args.autocast, "checkpoint_every": args.checkpoint_every,
-    }
-    overrides = {k: v for k, v in names.items() if v is not None}
-    cfg = config_from_preset(preset, model=args.model, tuned_lens=args.tuned_lens, **overrides)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if f.name not in ("model", "preset") and getattr(args, f.name) is not None}
+    cfg = config_from_preset(preset, model=args.model, **overrides)
     result = train(cfg, args.out, resume=not args.no_resume)
     last = result.metrics[-1] if result.metrics else {}
     print(json.dumps({"out": str(result.out_dir), "steps": result.steps, "tokens": result.tokens,
@@ -101,27 +114,28 @@ def _eval(args) -> int:
     from mlsae.lens_training import residual_lens_for
     from mlsae.metrics import evaluate
     from mlsae.models import load_model
-    from mlsae.sae import MLSAE
+    from mlsae.sae import MLSAE, read_provenance
 
-    sae = MLSAE.from_pretrained(args.sae).to(args.device)  # a missing or torn SAE fails before the model loads
-    model, tokenizer = load_model(args.model, device=args.device)
-    lens = residual_lens_for(args.model, model, tokenizer, **_lens_kwargs(args)) if args.tuned_lens else None
-    batches = token_batches(load_text(args.data, split="test"), tokenizer, args.seq_len, args.batch_size, max_tokens=args.tokens)
+    if (args.run is None) == (args.sae is None):
+        raise ValueError("give the run folder (mlsae eval RUN_DIR) or --sae FOLDER, one of the two")
+    where = args.sae or (args.run / "sae" if (args.run / "sae").is_dir() else args.run)
+    sae = MLSAE.from_pretrained(where).to(args.device)  # a missing or torn SAE fails before the model loads
+    saved = read_provenance(where) if Path(where).is_dir() else {}
+    model_name = args.model or saved.get("model")
+    if model_name is None:
+        raise ValueError(f"{where} has no provenance.json saying which model it was trained on; pass --model")
+    cfg = TrainConfig(**{**saved.get("train_config", {}), "model": model_name, "device": "cpu",
+                         **({"data": args.data} if args.data else {})}) if saved.get("train_config") else \
+        TrainConfig(model=model_name, data=args.data or "offline", seq_len=128)
+    tuned_lens = saved.get("tuned_lens", False) if args.tuned_lens is None else args.tuned_lens
+    model, tokenizer = load_model(model_name, device=args.device)
+    lens = residual_lens_for(model_name, model, tokenizer, **cfg.lens_kwargs()) if tuned_lens else None
+    batches = token_batches(load_text(cfg.data, split="test"), tokenizer, args.seq_len or cfg.seq_len, args.batch_size,
+                            max_tokens=args.tokens)
     result = evaluate(model, tokenizer, sae, batches, lens=lens)
     for row in result.rows():
         print(json.dumps(row))
     return 0
-
-
-def _lens_kwargs(args) -> dict:
-    """The lens the SAE was trained in, from the train_config.json beside it (written by train);
-    without one, the defaults of a training run on ``--data``."""
-    from mlsae.train import TrainConfig
-
-    saved = Path(args.sae).parent / "train_config.json"
-    if saved.exists():
-        return TrainConfig(**{**json.loads(saved.read_text()), "device": "cpu"}).lens_kwargs()
-    return TrainConfig(data=args.data).lens_kwargs()
 
 
 def _figures(args) -> int:

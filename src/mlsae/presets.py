@@ -1,4 +1,5 @@
-"""Every preset in one place: ``tiny`` (the test suite), ``default`` (the offline figures) and ``paper``.
+"""Every preset in one place: ``tiny`` (the test suite), ``default`` (the offline figures) and ``paper``,
+and the offline corpus's ``default`` and ``micro``.
 
 :data:`TRAIN_PRESETS` are overrides of :class:`mlsae.train.TrainConfig` (what one SAE is trained
 with, the CLI's ``--preset``); :data:`NOTEBOOK_PRESETS` add what a notebook needs around it (the
@@ -7,6 +8,15 @@ the train preset they use, so a preset means the same in the CLI and the noteboo
 """
 
 from __future__ import annotations
+
+# The offline corpus (mlsae.text): preset -> (n_train documents, n_test documents, seed). A document is ~340 tokens of the zoo
+# tokenizer: "default" is ~6.7M train tokens and ~0.84M test tokens (enough for the zoo and the
+# default SAE budget of 2M tokens without repeating), "micro" ~200k / ~50k.
+CORPUS_PRESETS: dict[str, dict[str, int]] = {
+    "default": dict(n_train=20_000, n_test=2_500, seed=0),
+    "micro": dict(n_train=600, n_test=150, seed=1),
+}
+
 
 # Token budgets sized for the machine at hand. "paper" is PAPER.md §1 verbatim. The short offline
 # runs (a few hundred steps, not the paper's 7,600) also fit the encoder's scale on the first batch:

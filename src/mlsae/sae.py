@@ -25,7 +25,7 @@ from mlsae.kernels import sparse_decode, topk_encode
 from mlsae.paths import atomic_dir
 
 EPS = 1e-5  # standardisation
-WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+WEIGHTS_FILE, CONFIG_FILE, PROVENANCE_FILE = "model.safetensors", "config.json", "provenance.json"
 FORMAT = "mlsae"
 # The released MLSAEs (tim-lawson/mlsae) count dead latents in optimiser steps of 64 x 2048 tokens,
 # and advance ``last_nonzero`` once per forward pass over one 2048-token sequence.
@@ -297,8 +297,10 @@ class MLSAE(nn.Module):
 
     # --- checkpoints ---------------------------------------------------------------------------
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write ``model.safetensors`` + ``config.json`` into directory ``path`` atomically."""
+    def save_pretrained(self, path: str | Path, provenance: dict | None = None) -> None:
+        """Write ``model.safetensors`` + ``config.json`` into directory ``path`` atomically; with
+        ``provenance`` (what it was trained on, see :func:`mlsae.train`), also ``provenance.json`` and a
+        generated model card ``README.md``, as on the Hugging Face hub."""
         tensors = {
             "W_enc": self.W_enc,
             "W_dec": self.W_dec,
@@ -310,6 +312,9 @@ class MLSAE(nn.Module):
         with atomic_dir(Path(path)) as tmp:
             save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+            if provenance is not None:
+                (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+                (tmp / "README.md").write_text(model_card(self.cfg, provenance))
 
     @classmethod
     def from_pretrained(
@@ -320,14 +325,15 @@ class MLSAE(nn.Module):
         tokens_per_step: int = PAPER_TOKENS_PER_STEP,
         tokens_per_forward: int = PAPER_TOKENS_PER_FORWARD,
     ) -> MLSAE:
-        """Load a directory written by ``save_pretrained`` or a released MLSAE (hub layout).
+        """Load a directory written by ``save_pretrained`` or a released MLSAE (hub layout); ``path`` may
+        also be a Hugging Face hub id (``org/name``), taken from the local cache or downloaded.
 
         The layout is detected from ``config.json``. Released checkpoints count dead latents in
         steps: ``dead_tokens = dead_steps_threshold * tokens_per_step`` and
         ``tokens_since_fired = last_nonzero * tokens_per_forward`` (the paper's run: 64 sequences of
         2048 tokens per step, one sequence per forward). ``auxk: null`` becomes ``k_aux=0``.
         """
-        path = Path(path)
+        path = _local_or_hub(path)
         config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
         for p in (config_path, weights_path):
             if not p.is_file():
@@ -395,6 +401,57 @@ class MLSAE(nn.Module):
                     )
                 sae.tokens_since_fired.copy_(fired)
         return sae
+
+
+def read_provenance(path: str | Path) -> dict:
+    """What a saved SAE says it was trained on (``{}`` for a folder saved without it)."""
+    file = Path(path) / PROVENANCE_FILE
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def _local_or_hub(path: str | Path) -> Path:
+    """A local folder, or the snapshot of hub repo ``path`` (cache first; download unless offline)."""
+    local = Path(path).expanduser()
+    text = str(path)
+    if local.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        return local
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached: try the hub unless told not to
+        from mlsae import hub
+
+        if hub.offline_requested():
+            raise FileNotFoundError(f"{text}: no such folder, and the hub repo is not in the local cache "
+                                    f"(HF_HUB_OFFLINE is set); fetch it with `hf download {text}`") from None
+        try:
+            return Path(snapshot_download(text))
+        except Exception as err:  # noqa: BLE001
+            raise FileNotFoundError(f"{text}: no such folder, and the hub repo could not be fetched "
+                                    f"({type(err).__name__}: {err})") from None
+
+
+def model_card(cfg: SAEConfig, provenance: dict) -> str:
+    """A Hugging Face model card (``README.md``) stating what the SAE is and what it was trained on."""
+    p = provenance
+    layers = "every layer (a multi-layer SAE)" if cfg.layers is None else f"layers {cfg.layers}"
+    lens = f"yes ({p.get('lens')})" if p.get("tuned_lens") else "no"
+    metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in (p.get("metrics") or {}).items())
+    rows = [("model", f"`{p.get('model')}`"), ("model weights", f"`{p.get('model_identity')}`"),
+            ("layers", layers), ("tuned lens", lens), ("data", f"`{p.get('data')}` ({p.get('split', 'train')} split), "
+                                                                f"`{p.get('data_identity')}`"),
+            ("latents", f"{cfg.n_latents} (R = {cfg.n_latents // cfg.d_model}), k = {cfg.k}, d_model = {cfg.d_model}"),
+            ("preset", f"`{p.get('preset')}`"), ("tokens seen", f"{p.get('tokens'):,}" if p.get("tokens") else "?"),
+            ("final training metrics", metrics or "?"), ("cache key", f"`{p.get('cache_key')}`"),
+            ("mlsae", f"{p.get('mlsae_version')} (git {p.get('git_commit') or 'unknown'})")]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return (f"---\nlibrary_name: mlsae\ntags:\n- sparse-autoencoder\n- interpretability\n---\n\n"
+            f"# Multi-layer SAE for `{p.get('model')}`\n\n"
+            f"A top-k sparse autoencoder trained on the residual stream of {layers} of `{p.get('model')}` "
+            f"with `mlsae`, a reproduction of *Residual Stream Analysis with Multi-Layer SAEs* (ICLR 2025).\n\n"
+            f"| | |\n| --- | --- |\n{table}\n\n"
+            f"Load with `MLSAE.from_pretrained(path)`; evaluate with `python -m mlsae eval <run folder>`.\n")
 
 
 def dense_reference_loss(

@@ -26,6 +26,7 @@ import random
 from pathlib import Path
 
 from mlsae.paths import atomic_dir, mlsae_home, run_lock
+from mlsae.presets import CORPUS_PRESETS as PRESETS  # the corpus presets, defined with every other preset
 
 __all__ = [
     "IOI_PROMPT",
@@ -41,14 +42,6 @@ IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 # Bump when the generator changes: cached corpora with another version are regenerated.
 TEXT_VERSION = 4
-
-# preset -> (n_train documents, n_test documents, seed). A document is ~340 tokens of the zoo
-# tokenizer: "default" is ~6.7M train tokens and ~0.84M test tokens (enough for the zoo and the
-# default SAE budget of 2M tokens without repeating), "micro" ~200k / ~50k.
-PRESETS: dict[str, dict[str, int]] = {
-    "default": dict(n_train=20_000, n_test=2_500, seed=0),
-    "micro": dict(n_train=600, n_test=150, seed=1),
-}
 
 # ---- vocabulary ------------------------------------------------------------------------------
 

@@ -42,32 +42,33 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 class TrainConfig:
     """One MLSAE training run. Defaults are the paper's (PAPER.md §1); presets shrink them."""
 
-    model: str = "pythia-70m"
-    expansion_factor: int = 64
-    k: int = 32
-    k_aux: int = 256
-    auxk_coef: float = 1 / 32
-    dead_tokens: int = 10_000_000
-    tuned_lens: bool = False
+    # One comment per field: it is the field's --help in the CLI (generated from this class).
+    model: str = "pythia-70m"  # registry name (pythia-70m, zoo-m, ...), Hugging Face id or local folder
+    expansion_factor: int = 64  # R: the SAE has R x d_model latents
+    k: int = 32  # active latents per (token, layer) example (top-k)
+    k_aux: int = 256  # latents in the auxiliary loss that revives dead latents
+    auxk_coef: float = 1 / 32  # weight of that auxiliary loss
+    dead_tokens: int = 10_000_000  # a latent silent for this many tokens counts as dead
+    tuned_lens: bool = False  # train behind the tuned lens (and map reconstructions back)
     lens_tokens: int = 400_000  # tokens a lens is trained on here, for a model without a pretrained lens
-    layers: list[int] | None = None  # None: every layer (the MLSAE); [l]: a single-layer SAE
-    data: str = "monology/pile-uncopyrighted"
-    seq_len: int = 2048
+    layers: list[int] | None = None  # comma-separated, e.g. 3: a single-layer SAE; default every layer (the MLSAE)
+    data: str = "monology/pile-uncopyrighted"  # 'offline', a local folder or file, or a Hugging Face data set
+    seq_len: int = 2048  # tokens per sequence (at most the model's context)
     batch_size: int = 64  # sequences per optimiser step (x grad_accum)
-    grad_accum: int = 1
-    max_tokens: int = 1_000_000_000
-    lr: float = 1e-4
-    adam_eps: float = 6.25e-10
-    seed: int = 42
-    device: str = "cpu"
+    grad_accum: int = 1  # micro-batches per optimiser step
+    max_tokens: int = 1_000_000_000  # training tokens (sequence positions)
+    lr: float = 1e-4  # Adam learning rate
+    adam_eps: float = 6.25e-10  # Adam epsilon
+    seed: int = 42  # initialisation and data order
+    device: str = "cpu"  # cpu, cuda, cuda:1, ...
     autocast: str = "fp32"  # fp32 | bf16 | fp16 (fp16: CUDA only, with loss scaling)
-    checkpoint_every: int = 500  # optimiser steps
-    log_every: int = 10
-    preset: str = "paper"
+    checkpoint_every: int = 500  # optimiser steps between checkpoints (resume from the last)
+    log_every: int = 10  # optimiser steps between lines of metrics.jsonl
+    preset: str = "paper"  # the preset these values started from (paper | default | tiny)
     # "unit": the paper's initialisation (unit-norm encoder rows, W_dec = W_enc^T). "fit": the same
     # directions, then the encoder scaled on the first batch (MLSAE.fit_encoder_scale_), which short
     # runs need (the offline presets use it; see mlsae.presets).
-    encoder_init: str = "unit"
+    encoder_init: str = "unit"  # unit (the paper's) | fit (scaled on the first batch)
 
     def __post_init__(self):
         if self.expansion_factor <= 0:
@@ -105,6 +106,20 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        """Each field's trailing comment in this class's source: the CLI's --help, written once."""
+        import inspect
+        import re
+
+        found = (re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.+)$", line) for line in inspect.getsource(cls).splitlines())
+        return {m.group(1): m.group(2).strip() for m in found if m}
+
+    def sae_config(self, d_model: int, layers: list[int]) -> SAEConfig:
+        """The SAE's own configuration: this run's SAE fields, for a model of width ``d_model``."""
+        return SAEConfig.from_expansion_factor(d_model, self.expansion_factor, self.k, k_aux=self.k_aux,
+                                               auxk_coef=self.auxk_coef, dead_tokens=self.dead_tokens, layers=layers)
 
     def lens_kwargs(self) -> dict:
         """What selects the tuned lens (:func:`mlsae.lens_training.residual_lens_for`): the one definition that
@@ -209,9 +224,8 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, r
     for c in cfgs:
         if c.tuned_lens and json.dumps(c.lens_kwargs()) not in lenses:
             lenses[json.dumps(c.lens_kwargs())] = residual_lens_for(c.model, model, tokenizer, **c.lens_kwargs(), progress=progress)
-    sae_cfgs = [SAEConfig.from_expansion_factor(model.config.hidden_size, c.expansion_factor, c.k, k_aux=c.k_aux,
-                                                auxk_coef=c.auxk_coef, dead_tokens=c.dead_tokens, layers=l)
-                for c, l in zip(cfgs, layers)]  # validated for every SAE before any folder is written
+    # validated for every SAE before any folder is written
+    sae_cfgs = [c.sae_config(model.config.hidden_size, l) for c, l in zip(cfgs, layers)]
     with contextlib.ExitStack() as held:
         for d in sorted(out_dirs):  # one process trains into a folder at a time
             held.enter_context(_take(run_lock(d), d))
@@ -355,11 +369,49 @@ class _Run:
 
     def finish(self, model_seconds: float, wall: float) -> TrainResult:
         seconds = self.elapsed + self.own_seconds + model_seconds
-        self.sae.save_pretrained(self.out_dir / "sae")
+        self.sae.save_pretrained(self.out_dir / "sae", provenance=provenance(self.cfg, self.step, self.tokens, self.metrics))
         atomic_write_text(self.out_dir / "train_summary.json", json.dumps(
             {"steps": self.step, "tokens": self.tokens, "seconds": seconds, "wall_seconds": wall,
              "cache_key": self.cfg.cache_key()}, indent=2))
         return TrainResult(self.sae, self.out_dir, self.step, self.tokens, seconds, self.metrics)
+
+
+def provenance(cfg: TrainConfig, steps: int, tokens: int, metrics: list[dict]) -> dict:
+    """What an SAE was trained on, saved beside its weights (``provenance.json`` and the model card):
+    enough for ``mlsae eval RUN_DIR`` and for a reader to know where it came from."""
+    from mlsae import __version__
+    from mlsae.cache import data_identity, model_identity
+    from mlsae.lens_training import lens_fields
+
+    last = metrics[-1] if metrics else {}
+    return {
+        "model": cfg.model, "model_identity": model_identity(cfg.model), "layers": cfg.layers,
+        "tuned_lens": cfg.tuned_lens, "lens": lens_fields(cfg.model, **cfg.lens_kwargs()) if cfg.tuned_lens else None,
+        "data": cfg.data, "data_identity": data_identity(cfg.data), "split": "train", "preset": cfg.preset,
+        "steps": steps, "tokens": tokens, "seq_len": cfg.seq_len, "seed": cfg.seed,
+        "metrics": {k: last[k] for k in ("loss", "fvu", "dead_fraction") if k in last},
+        "cache_key": cfg.cache_key(), "train_config": cfg.to_dict(),
+        "mlsae_version": __version__, "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    """The repository's commit when running from a checkout (``+dirty`` with local changes), else None."""
+    import subprocess
+
+    from mlsae.paths import repository_root
+
+    root = repository_root()
+    if root is None:
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
 
 
 def train_or_load(cfg: TrainConfig, *, progress: bool = True) -> tuple[MLSAE, Path]:
@@ -441,9 +493,33 @@ def _nan_message(what: str, step: int, ckpt_dir: Path) -> str:
 def _save_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, step: int, tokens: int, elapsed: float, cfg: TrainConfig) -> None:
     with atomic_dir(ckpt_dir) as tmp:
         sae.save_pretrained(tmp / "sae")
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        _save_optimizer(opt, tmp / "optimizer.safetensors")
         (tmp / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         (tmp / "state.json").write_text(json.dumps({"step": step, "tokens": tokens, "seconds": elapsed}))
+
+
+def _save_optimizer(opt, path: Path) -> None:
+    """Adam's state as safetensors (moments and step counts) + JSON (param groups): no pickle."""
+    state = opt.state_dict()
+    tensors = {f"state.{i}.{name}": value for i, slots in state["state"].items() for name, value in slots.items()}
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
+              metadata={"param_groups": json.dumps(state["param_groups"])})
+
+
+def _load_optimizer(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        groups = json.loads(f.metadata()["param_groups"])
+        state: dict[int, dict] = {}
+        for key in f.keys():
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = f.get_tensor(key)
+    for g in groups:
+        g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
 
 
 # Settings a resumed run may change: they do not touch the weights.
@@ -472,13 +548,16 @@ def _load_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, cfg: TrainConfig) -> tuple
     if saved.cfg != sae.cfg:
         raise ValueError(f"checkpoint at {ckpt_dir} was written for a different SAE configuration; delete it or change out_dir")
     sae.load_state_dict(saved.state_dict())
-    path = ckpt_dir / "optimizer.pt"
+    path = ckpt_dir / "optimizer.safetensors"
+    if not path.exists() and (ckpt_dir / "optimizer.pt").exists():  # checkpoints from before: tensors only
+        path = ckpt_dir / "optimizer.pt"
     try:
-        state = torch.load(path, map_location=cfg.device, weights_only=True)  # tensors and numbers only
-    except Exception as err:  # a torn zip archive, or anything that is not a plain state dict
+        state = (_load_optimizer(path) if path.suffix == ".safetensors"
+                 else torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as err:  # a torn file, or anything that is not a plain state dict
         raise ValueError(f"{path}: cannot be read ({type(err).__name__}: {str(err)[:200]}); the checkpoint is "
                          f"incomplete. Delete {ckpt_dir} to start this run over (--no-resume)") from None
-    opt.load_state_dict(state)
+    opt.load_state_dict(state)  # moves the state to the parameters' device
     state = json.loads((ckpt_dir / "state.json").read_text())
     return state["step"], state["tokens"], state["seconds"]
 
