@@ -118,6 +118,7 @@ def check(notebook: str, parameters: dict, screenshot: Path, timeout: float) -> 
     env = {**os.environ, "MLSAE_FIGURES": os.environ.get("MLSAE_FIGURES", str(work / "figures")),
            "JUPYTER_CONFIG_DIR": str(work / "config"), "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
     env.pop("MLSAE_PROGRESS", None)  # what a user sees: bars on, drawn as widgets
+    env.pop("MPLBACKEND", None)  # figures inline, as in a user's JupyterLab (the test scripts set Agg)
     settings = work / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news toast

@@ -30,7 +30,7 @@ def test_loading_bars_are_silenced_only_while_we_load():
     from transformers.utils import logging as hf_logging
 
     hf_logging.enable_progress_bar()
-    with progress.quiet_loading():
+    with progress.quiet_transformers():
         assert not hf_logging.is_progress_bar_enabled()
     assert hf_logging.is_progress_bar_enabled()  # the user's setting is back
 

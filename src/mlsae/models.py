@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from mlsae import hub
-from mlsae.progress import drop_benign_warnings, quiet_loading
+from mlsae.progress import drop_benign_warnings, quiet_transformers
 
 __all__ = [
     "ModelNotAvailableError",
@@ -333,7 +333,7 @@ def _from_pretrained(path: str, dtype, local_files_only: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     drop_benign_warnings()
-    with quiet_loading() if local_files_only else nullcontext():
+    with quiet_transformers() if local_files_only else nullcontext():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local_files_only)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
     return model, tokenizer

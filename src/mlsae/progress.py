@@ -3,9 +3,9 @@
 Bars are tqdm's ``auto`` flavour, so they render as widgets in JupyterLab (ipywidgets is pinned for
 that) and as text in a terminal. ``MLSAE_PROGRESS=0`` turns every bar off: the notebook runner
 (``mlsae figures``, the test suite) sets it for its kernels, so an executed notebook holds results
-rather than hundreds of bar redraws. transformers' own "Loading weights" bars are always silenced
-while this package loads a model (:func:`quiet_loading`), and two transformers warnings that are
-expected here are dropped (:data:`BENIGN_WARNINGS`).
+rather than hundreds of bar redraws. transformers' own "Loading weights" and "Writing model shards"
+bars are always silenced while this package loads or saves a model (:func:`quiet_transformers`), and
+two transformers warnings that are expected here are dropped (:data:`BENIGN_WARNINGS`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def bar(iterable: Iterable | None = None, *, desc: str, progress: bool = True, *
 
 
 @contextmanager
-def quiet_loading() -> Iterator[None]:
-    """Silence transformers' per-load progress bar for the duration, then restore the user's setting."""
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' per-load and per-save progress bars for the duration, then restore the user's setting."""
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()

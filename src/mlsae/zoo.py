@@ -38,7 +38,7 @@ import torch
 
 from mlsae.lm_eval import evaluate_lm, ioi_report
 from mlsae.paths import atomic_write_text, build_once, mlsae_home
-from mlsae.progress import bar as progress_bar, drop_benign_warnings
+from mlsae.progress import bar as progress_bar, drop_benign_warnings, quiet_transformers
 from mlsae.text import TEXT_VERSION, offline_corpus
 
 __all__ = [
@@ -381,8 +381,9 @@ def _train(spec: ZooSpec, tokenizer, out_dir: Path, progress: bool) -> dict:
         spec=asdict(spec),
         spec_digest=spec.digest(),
     )
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    with quiet_transformers():
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
     atomic_write_text(out_dir / "zoo_report.json", json.dumps(report, indent=2))
     return report
 
