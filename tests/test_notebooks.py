@@ -79,6 +79,28 @@ def test_only_the_default_run_writes_the_committed_figures(monkeypatch):
     assert figures_for("03_layer_variance", {**NB03_DEFAULTS, "model": "x"}).root == Path("/somewhere/else")
 
 
+def test_defaults_are_the_committed_ones_not_an_edited_working_copy(tmp_path):
+    """Editing the parameters cell in JupyterLab and saving must not make that run 'the default run'."""
+    import shutil
+    import subprocess
+
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    shutil.copy(ROOT / "notebooks" / "03_layer_variance.ipynb", nbs)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], check=True)
+    edited = nbformat.read(nbs / "03_layer_variance.ipynb", as_version=4)
+    cell = next(c for c in edited.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = cell.source.replace("seed = 42", "seed = 0")
+    nbformat.write(edited, nbs / "03_layer_variance.ipynb")
+    assert changed_parameters("03_layer_variance", {**NB03_DEFAULTS, "seed": 0}, nbs) == ["seed"]
+    assert changed_parameters("03_layer_variance", NB03_DEFAULTS, nbs) == []
+    shutil.rmtree(tmp_path / ".git")  # outside a checkout: the file's own defaults
+    assert changed_parameters("03_layer_variance", {**NB03_DEFAULTS, "seed": 0}, nbs) == []
+
+
 def test_every_notebook_writes_through_its_figure_folder():
     for path in notebook_paths():
         source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")

@@ -40,14 +40,23 @@ def parameter_names(path: Path) -> list[str]:
 
 def changed_parameters(notebook: str, values: Mapping[str, object], notebooks_dir: Path = NOTEBOOKS) -> list[str]:
     """The parameters of ``notebook`` whose value in ``values`` (a notebook's ``globals()``) differs from
-    the default in its ``parameters`` cell; every one if the notebook file cannot be read."""
+    the default in its *committed* ``parameters`` cell (git's HEAD, so that editing and saving the cell
+    in JupyterLab is still a change; the file itself outside a checkout); every one if neither can be read."""
+    import tempfile
+
     import papermill
 
     path = notebooks_dir / f"{notebook}.ipynb"
-    if not path.is_file():
+    committed = _committed_text(path)
+    if committed is None and not path.is_file():
         return [f"(notebook {path} not found)"]
+    with tempfile.TemporaryDirectory() as tmp:
+        if committed is not None:
+            path = Path(tmp) / path.name
+            path.write_text(committed)
+        defaults = papermill.inspect_notebook(str(path))
     changed = []
-    for name, info in papermill.inspect_notebook(str(path)).items():
+    for name, info in defaults.items():
         if name in NOT_IN_FIGURES:
             continue
         try:
@@ -58,6 +67,18 @@ def changed_parameters(notebook: str, values: Mapping[str, object], notebooks_di
         if name not in values or values[name] != default:
             changed.append(name)
     return changed
+
+
+def _committed_text(path: Path) -> str | None:
+    """``path`` as committed at git's HEAD, or None (not in a checkout, not committed, no git)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(path.parent), "show", f"HEAD:./{path.name}"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 and out.stdout.strip() else None
 
 
 def figures_for(notebook: str, values: Mapping[str, object]) -> plots.Figures:
