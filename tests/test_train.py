@@ -437,3 +437,49 @@ def test_lens_budget_is_in_the_key_only_where_it_changes_the_sae():
     assert lensed.cache_key() != config_from_preset("default", model="zoo-m", tuned_lens=True, lens_tokens=1_000).cache_key()
     with pytest.raises(ValueError, match="lens_tokens"):
         config_from_preset("default", model="zoo-m", lens_tokens=0)
+
+
+def test_metrics_also_go_to_weights_and_biases_when_asked(tiny_model_dir, text_dir, tmp_path, monkeypatch):
+    """tracker='wandb' logs every metrics row (per-layer lists flattened) to one W&B run per SAE and
+    finishes it; metrics.jsonl is unchanged, and the cache key and resume ignore the setting."""
+    import importlib.util
+    import sys
+    import types
+
+    runs = []
+
+    class FakeRun:
+        def __init__(self, **kw):
+            self.init, self.logged, self.finished = kw, [], False
+            runs.append(self)
+
+        def log(self, row, step):
+            self.logged.append((step, row))
+
+        def finish(self):
+            self.finished = True
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: FakeRun(**kw),
+                                                                    __spec__=types.SimpleNamespace()))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object() if name == "wandb" else real_find_spec(name, *a))
+    cfg = _cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 6, tracker="wandb")
+    assert cfg.cache_key() == _cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 6).cache_key()
+    train(cfg, tmp_path / "run", progress=False)
+    log = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    (run,) = runs
+    assert run.finished and run.init["config"]["tracker"] == "wandb" and run.init["name"] == "run"
+    assert [s for s, _ in run.logged] == [r["step"] for r in log] == list(range(1, 7))
+    assert run.logged[-1][1]["fvu"] == log[-1]["fvu"]
+    assert run.logged[-1][1]["fvu_per_layer/2"] == log[-1]["fvu_per_layer"][2]
+
+
+def test_wandb_tracker_without_wandb_is_a_clear_error(tiny_model_dir, text_dir, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    with pytest.raises(ValueError, match=r"wandb is not installed.*tracking"):
+        _cfg(tiny_model_dir, text_dir, tracker="wandb")
+    with pytest.raises(ValueError, match="tracker must be"):
+        _cfg(tiny_model_dir, text_dir, tracker="tensorboard")

@@ -69,6 +69,7 @@ class TrainConfig:
     # directions, then the encoder scaled on the first batch (MLSAE.fit_encoder_scale_), which short
     # runs need (the offline presets use it; see mlsae.presets).
     encoder_init: str = "unit"  # unit (the paper's) | fit (scaled on the first batch)
+    tracker: str = "none"  # none | wandb: also log the metrics to Weights & Biases (WANDB_MODE=offline needs no network)
 
     def __post_init__(self):
         if self.expansion_factor <= 0:
@@ -90,6 +91,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if not math.isfinite(self.auxk_coef) or self.auxk_coef < 0:
             raise ValueError(f"auxk_coef must be a finite number >= 0, got {self.auxk_coef!r}")
+        if self.tracker not in ("none", "wandb"):
+            raise ValueError(f"tracker must be 'none' or 'wandb', got {self.tracker!r}")
+        if self.tracker == "wandb":
+            import importlib.util
+
+            if importlib.util.find_spec("wandb") is None:
+                raise ValueError("tracker='wandb' but wandb is not installed: pip install -e '.[tracking]' "
+                                 "(or use tracker='none'; metrics.jsonl is written either way)")
         if self.layers is not None:
             check_unique_layers(self.layers)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -136,7 +145,7 @@ class TrainConfig:
         from mlsae.cache import data_identity, key, model_identity
 
         d = self.to_dict()
-        for name in ("device", "checkpoint_every", "log_every", "preset"):
+        for name in ("device", "checkpoint_every", "log_every", "preset", "tracker"):
             d.pop(name)
         if not self.tuned_lens:
             d.pop("lens_tokens")
@@ -314,6 +323,7 @@ class _Run:
         atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
         atomic_write_text(self.log_path, "".join(json.dumps(m) + "\n" for m in self.metrics))
         self.log_file = open(self.log_path, "a")
+        self.tracker = _wandb_run(cfg, out_dir) if cfg.tracker == "wandb" else None
         self.own_seconds = 0.0  # time in this SAE's own work, this session
         self.stats = _Accumulator()
 
@@ -361,11 +371,16 @@ class _Run:
             self.metrics.append(row)
             self.log_file.write(json.dumps(row) + "\n")
             self.log_file.flush()
+            if self.tracker is not None:
+                self.tracker.log(_flat(row), step=self.step)
         if self.step % cfg.checkpoint_every == 0 and self.step < cfg.total_steps:
             _save_checkpoint(self.ckpt_dir, sae, opt, self.step, self.tokens, seconds, cfg)
 
     def close(self) -> None:
         self.log_file.close()
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
 
     def finish(self, model_seconds: float, wall: float) -> TrainResult:
         seconds = self.elapsed + self.own_seconds + model_seconds
@@ -374,6 +389,28 @@ class _Run:
             {"steps": self.step, "tokens": self.tokens, "seconds": seconds, "wall_seconds": wall,
              "cache_key": self.cfg.cache_key()}, indent=2))
         return TrainResult(self.sae, self.out_dir, self.step, self.tokens, seconds, self.metrics)
+
+
+def _wandb_run(cfg: TrainConfig, out_dir: Path):
+    """A Weights & Biases run for one SAE (project ``$WANDB_PROJECT``, default ``mlsae``), named after its
+    folder; metrics.jsonl stays the record the notebooks read."""
+    import os
+
+    import wandb
+
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "mlsae"), name=out_dir.name, dir=str(out_dir),
+                      config=cfg.to_dict(), reinit="create_new")
+
+
+def _flat(row: dict) -> dict:
+    """A metrics row for a tracker: per-layer lists become one scalar per layer."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, list):
+            out.update({f"{k}/{i}": x for i, x in enumerate(v)})
+        else:
+            out[k] = v
+    return out
 
 
 def provenance(cfg: TrainConfig, steps: int, tokens: int, metrics: list[dict]) -> dict:
@@ -523,7 +560,7 @@ def _load_optimizer(path: Path) -> dict:
 
 
 # Settings a resumed run may change: they do not touch the weights.
-_RESUMABLE_CHANGES = ("device", "checkpoint_every", "log_every", "preset")
+_RESUMABLE_CHANGES = ("device", "checkpoint_every", "log_every", "preset", "tracker")
 
 
 def _check_resume_config(ckpt_dir: Path, cfg: TrainConfig) -> None:
