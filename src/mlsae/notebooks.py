@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 from mlsae import plots
-from mlsae.paths import repository_root
+from mlsae.paths import git_output, repository_root
 from mlsae.progress import quiet_kernels
 
 ROOT = repository_root() or Path.cwd()
@@ -71,14 +71,8 @@ def changed_parameters(notebook: str, values: Mapping[str, object], notebooks_di
 
 def _committed_text(path: Path) -> str | None:
     """``path`` as committed at git's HEAD, or None (not in a checkout, not committed, no git)."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "-C", str(path.parent), "show", f"HEAD:./{path.name}"], capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout if out.returncode == 0 and out.stdout.strip() else None
+    text = git_output(path.parent, "show", f"HEAD:./{path.name}")
+    return text if text and text.strip() else None
 
 
 def figures_for(notebook: str, values: Mapping[str, object]) -> plots.Figures:

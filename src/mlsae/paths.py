@@ -19,6 +19,17 @@ def repository_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
 
 
+def git_output(folder: Path, *args: str) -> str | None:
+    """``git -C folder <args>``'s output, or None when git, the checkout or the object is missing."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
 def mlsae_home() -> Path:
     root = Path(os.environ.get("MLSAE_HOME", Path.home() / ".cache" / "mlsae")).expanduser()
     root.mkdir(parents=True, exist_ok=True)

@@ -434,21 +434,14 @@ def provenance(cfg: TrainConfig, steps: int, tokens: int, metrics: list[dict]) -
 
 def _git_commit() -> str | None:
     """The repository's commit when running from a checkout (``+dirty`` with local changes), else None."""
-    import subprocess
-
-    from mlsae.paths import repository_root
+    from mlsae.paths import git_output, repository_root
 
     root = repository_root()
-    if root is None:
+    commit = (git_output(root, "rev-parse", "HEAD") or "").strip() if root is not None else ""
+    if not commit:
         return None
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (commit + ("+dirty" if dirty else "")) or None
+    dirty = (git_output(root, "status", "--porcelain", "--untracked-files=no") or "").strip()
+    return commit + ("+dirty" if dirty else "")
 
 
 def train_or_load(cfg: TrainConfig, *, progress: bool = True) -> tuple[MLSAE, Path]:
