@@ -31,11 +31,16 @@ from mlsae.lens import IDENTITY
 from mlsae.lens_training import residual_lens_for
 from mlsae.pipeline import sae_inputs
 from mlsae.models import load_model
-from mlsae.paths import atomic_dir, atomic_write_text, mlsae_home, run_lock, safe_name
+from mlsae.paths import atomic_dir, atomic_write_text, load_result, mlsae_home, run_lock, safe_name, save_result
 from mlsae.presets import TRAIN_PRESETS
 from mlsae.sae import MLSAE, SAEConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# TrainConfig fields that do not touch the trained weights: left out of the cache key, and a resumed run
+# may change them.
+NOT_IN_WEIGHTS = ("device", "checkpoint_every", "log_every", "preset", "tracker")
 
 
 @dataclass
@@ -145,7 +150,7 @@ class TrainConfig:
         from mlsae.cache import data_identity, key, model_identity
 
         d = self.to_dict()
-        for name in ("device", "checkpoint_every", "log_every", "preset", "tracker"):
+        for name in NOT_IN_WEIGHTS:
             d.pop(name)
         if not self.tuned_lens:
             d.pop("lens_tokens")
@@ -529,31 +534,26 @@ def _save_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, step: int, tokens: int, el
 
 
 def _save_optimizer(opt, path: Path) -> None:
-    """Adam's state as safetensors (moments and step counts) + JSON (param groups): no pickle."""
+    """Adam's state in the one result format (:func:`mlsae.paths.save_result`): moments and step counts as
+    tensors, the param groups as JSON. No pickle."""
     state = opt.state_dict()
     tensors = {f"state.{i}.{name}": value for i, slots in state["state"].items() for name, value in slots.items()}
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
-              metadata={"param_groups": json.dumps(state["param_groups"])})
+    save_result(path, tensors, {"param_groups": state["param_groups"]})
 
 
 def _load_optimizer(path: Path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        groups = json.loads(f.metadata()["param_groups"])
-        state: dict[int, dict] = {}
-        for key in f.keys():
-            _, i, name = key.split(".", 2)
-            state.setdefault(int(i), {})[name] = f.get_tensor(key)
+    tensors, meta = load_result(path)
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, i, name = key.split(".", 2)
+        state.setdefault(int(i), {})[name] = value
+    groups = meta["param_groups"]
     for g in groups:
         g["betas"] = tuple(g["betas"])
     return {"state": state, "param_groups": groups}
 
 
-# Settings a resumed run may change: they do not touch the weights.
-_RESUMABLE_CHANGES = ("device", "checkpoint_every", "log_every", "preset", "tracker")
+
 
 
 def _check_resume_config(ckpt_dir: Path, cfg: TrainConfig) -> None:
@@ -567,7 +567,7 @@ def _check_resume_config(ckpt_dir: Path, cfg: TrainConfig) -> None:
         raise ValueError(f"{path}: not valid JSON; delete {ckpt_dir} to start this run over") from None
     now = cfg.to_dict()
     changed = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
-               if k not in _RESUMABLE_CHANGES and saved.get(k, now[k]) != now[k]]
+               if k not in NOT_IN_WEIGHTS and saved.get(k, now[k]) != now[k]]
     if changed:
         raise ValueError(f"cannot resume {ckpt_dir} with other settings ({'; '.join(changed)}): resume with the "
                          f"checkpoint's settings, or start over (--no-resume, or another --out)")
