@@ -1,47 +1,237 @@
-"""The install paths agree: pyproject.toml, environment.yml and the setup script."""
+"""The install paths agree: pyproject.toml, the lock (requirements.txt), environment.yml and the setup script;
+the lock is exact and closed, and every third-party import is a declared dependency."""
 
+import ast
+import importlib.metadata
+import json
 import re
+import sys
 import tomllib
 from pathlib import Path
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _pyproject_pins() -> dict[str, str]:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    return dict(_split(d) for d in deps)
+LOCK = ROOT / "requirements.txt"
+# The CUDA build of torch (installed first, from PyPI or PyTorch's index) brings these; the lock is resolved
+# against the CPU wheel, which needs none of them.
+CUDA_ONLY = re.compile(r"nvidia-.*|triton|cuda-.*")
 
 
 def _split(spec: str) -> tuple[str, str]:
     m = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;]+)\s*", spec)
     assert m, f"every dependency must be pinned exactly with ==, got {spec!r}"
-    return m.group(1).lower().replace("_", "-"), m.group(2)
+    return canonicalize_name(m.group(1)), m.group(2)
+
+
+def _pyproject_groups(text: str | None = None) -> dict[str, dict[str, str]]:
+    """{"main": pins, "<extra>": pins, ...} from pyproject.toml (or its text)."""
+    project = tomllib.loads(text if text is not None else (ROOT / "pyproject.toml").read_text())["project"]
+    groups = {"main": project["dependencies"], **project.get("optional-dependencies", {})}
+    return {group: dict(_split(d) for d in deps) for group, deps in groups.items()}
+
+
+def _lock_pins(text: str | None = None) -> dict[str, str]:
+    """{name: version} from requirements.txt (or its text); every requirement line must be `name==version`."""
+    pins = {}
+    for line in (text if text is not None else LOCK.read_text()).splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9_.\-]*)==([A-Za-z0-9_.!+\-]+)", line)
+        assert m, f"requirements.txt: only exact pins `name==version` belong in the lock, got {line!r}"
+        name = canonicalize_name(m.group(1))
+        assert name not in pins, f"requirements.txt pins {name} twice"
+        pins[name] = m.group(2)
+    return pins
+
+
+def _disagreements(pyproject_text: str, lock_text: str) -> list[str]:
+    """Every pin of pyproject.toml (main and every extra) must be in the lock at the same version."""
+    lock = _lock_pins(lock_text)
+    return [f"[{group}] {name}=={version}: lock has {lock.get(name, 'nothing')}"
+            for group, pins in _pyproject_groups(pyproject_text).items()
+            for name, version in pins.items() if lock.get(name) != version]
 
 
 def test_every_dependency_is_pinned_and_torch_is_2_13():
-    pins = _pyproject_pins()
-    assert pins["torch"] == "2.13.0"
-    for name in ["transformers", "datasets", "tuned-lens", "jupyterlab", "papermill", "matplotlib", "seaborn", "nbval",
+    groups = _pyproject_groups()
+    main = groups["main"]
+    assert main["torch"] == "2.13.0"
+    for name in ["transformers", "datasets", "tuned-lens", "jupyterlab", "papermill", "matplotlib", "seaborn", "pandas",
                  "ipywidgets"]:  # ipywidgets: tqdm draws widgets in JupyterLab instead of a TqdmWarning
-        assert name in pins, f"{name} missing from pyproject.toml"
+        assert name in main, f"{name} missing from pyproject.toml's dependencies"
+    for name in ["pytest", "nbval", "selenium"]:
+        assert name in groups["dev"], f"{name} missing from pyproject.toml's dev extra"
+    assert groups["tracking"] == {"wandb": "0.31.0"}
 
 
-def test_environment_yml_matches_pyproject():
+def test_lock_agrees_with_pyproject():
+    assert _disagreements((ROOT / "pyproject.toml").read_text(), LOCK.read_text()) == []
+
+
+def test_lock_check_catches_a_disagreement():
+    """The check above on modified copies: a main pin changed in pyproject.toml, a dev pin dropped from the lock."""
+    pyproject, lock = (ROOT / "pyproject.toml").read_text(), LOCK.read_text()
+    groups, before = _pyproject_groups(), set(_disagreements(pyproject, lock))
+    name, version = list(groups["main"].items())[-1]
+    spelled = name.replace("-", "[-_.]") + "==" + re.escape(version)  # canonical name -> any spelling
+    bumped = re.sub(rf'(?i)"({spelled})"', r'"\1.post1"', pyproject)
+    assert set(_disagreements(bumped, lock)) - before == {f"[main] {name}=={version}.post1: lock has {version}"}
+    name, version = list(groups["dev"].items())[-1]
+    dropped = re.sub(rf"(?im)^{name.replace('-', '[-_.]')}=={re.escape(version)}$", "", lock)
+    assert set(_disagreements(pyproject, dropped)) - before == {f"[dev] {name}=={version}: lock has nothing"}
+
+
+def test_lock_is_generated_by_pip_tools_and_torch_is_not_a_local_build():
+    text = LOCK.read_text()
+    assert "autogenerated by pip-compile" in text and "bash scripts/lock.sh" in text
+    pins = _lock_pins()
+    assert pins["torch"] == "2.13.0", "torch without +cpu, so that a CUDA user's install gets PyPI's build"
+    assert not [n for n in pins if CUDA_ONLY.fullmatch(n)], "resolve torch against its CPU wheel (scripts/lock.sh)"
+    assert "mlsae" not in pins
+
+
+def _installed(name: str) -> importlib.metadata.Distribution:
+    try:
+        return importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        raise AssertionError(f"{name} is in the lock but not installed: run bash scripts/setup.sh") from None
+
+
+def test_lock_is_closed_and_installed():
+    """Walk the requirements from pyproject.toml's pins (main + every extra) through the installed packages'
+    metadata, markers evaluated for this interpreter, a requirement's extras followed: every package reached
+    is locked at a version its dependents accept and installed at that version, and every locked package is
+    reached (none is left over)."""
+    lock = _lock_pins()
+    todo = [(name, frozenset()) for pins in _pyproject_groups().values() for name in pins]
+    seen, problems = set(), []
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        dist = _installed(name)
+        installed = Version(dist.version)
+        if Version(installed.public) != Version(lock[name]) or (installed.local and name != "torch"):
+            problems.append(f"{name}: installed {dist.version}, locked {lock[name]} (run bash scripts/setup.sh)")
+        for spec in dist.requires or []:
+            req = Requirement(spec)
+            if req.marker and not any(req.marker.evaluate({"extra": e}) for e in {"", *extras}):
+                continue
+            dep = canonicalize_name(req.name)
+            if name == "torch" and CUDA_ONLY.fullmatch(dep):
+                continue
+            if dep not in lock:
+                problems.append(f"{name} requires {spec!r}: {dep} not in the lock")
+                continue
+            if not req.specifier.contains(lock[dep], prereleases=True):
+                problems.append(f"{name} requires {spec!r}: the lock has {dep}=={lock[dep]}")
+            todo.append((dep, frozenset(canonicalize_name(e) for e in req.extras)))
+    reached = {name for name, _ in seen}
+    problems += [f"{name}=={lock[name]} is locked but nothing requires it" for name in sorted(set(lock) - reached)]
+    assert problems == []
+
+
+# ---- every third-party import is declared --------------------------------------------------------------------
+
+def _imports(source: str) -> list[tuple[str, bool]]:
+    """(top-level module, imported inside a function) for each absolute import in the source."""
+    found = []
+
+    def visit(node: ast.AST, lazy: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                found.extend((a.name.split(".")[0], lazy) for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                found.append((child.module.split(".")[0], lazy))
+            visit(child, lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+    visit(ast.parse(source), False)
+    return found
+
+
+def _notebook_code(path: Path) -> str:
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    lines = [l for c in cells for l in "".join(c["source"]).splitlines() + [""]]
+    return "\n".join(l for l in lines if not l.lstrip().startswith(("%", "!")))  # IPython magics and shell lines
+
+
+def _sources(kind: str) -> dict[Path, str]:
+    if kind == "src":
+        return {p: p.read_text() for p in sorted((ROOT / "src").rglob("*.py"))}
+    if kind == "notebooks":
+        return {p: _notebook_code(p) for p in sorted((ROOT / "notebooks").glob("*.ipynb"))}
+    return {p: p.read_text() for p in sorted((ROOT / kind).rglob("*.py"))}
+
+
+def _undeclared(kind: str, allowed: set[str], allowed_lazily: set[str]) -> list[str]:
+    dists = importlib.metadata.packages_distributions()
+    first_party = {"mlsae"}  # and, for tests, benchmarks and scripts, their sibling modules (conftest, ...)
+    if kind not in ("src", "notebooks"):
+        first_party |= {p.stem for p in (ROOT / kind).glob("*.py")}
+    problems = []
+    for path, source in _sources(kind).items():
+        for module, lazy in _imports(source):
+            if module in sys.stdlib_module_names or module in first_party:
+                continue
+            names = {canonicalize_name(d) for d in dists.get(module, [])}
+            ok = allowed | allowed_lazily if lazy else allowed
+            if not names & ok:
+                problems.append(f"{path.relative_to(ROOT)}: import {module} ({', '.join(sorted(names)) or 'not installed'})")
+    return sorted(set(problems))
+
+
+def test_src_and_notebook_imports_are_main_dependencies():
+    """src/mlsae and the notebooks import only main dependencies; an optional extra (tracking) only inside a
+    function, where its absence is handled."""
+    groups = _pyproject_groups()
+    optional = {n for g, pins in groups.items() if g not in ("main", "dev") for n in pins}
+    assert _undeclared("src", set(groups["main"]), optional) == []
+    assert _undeclared("notebooks", set(groups["main"]), set()) == []
+
+
+def test_test_benchmark_and_script_imports_are_declared():
+    groups = _pyproject_groups()
+    optional = {n for g, pins in groups.items() if g not in ("main", "dev") for n in pins}
+    for kind in ["tests", "benchmarks", "scripts"]:
+        assert _undeclared(kind, set(groups["main"]) | set(groups["dev"]), optional) == [], kind
+
+
+def test_import_check_catches_an_undeclared_import():
+    assert _imports("import os\nimport pandas as pd\nfrom IPython.display import HTML\ndef f():\n    import wandb\n") == [
+        ("os", False), ("pandas", False), ("IPython", False), ("wandb", True)]
+    dists = importlib.metadata.packages_distributions()
+    assert "pandas" in dists["pandas"] and "ipython" in {canonicalize_name(d) for d in dists["IPython"]}
+
+
+# ---- install files --------------------------------------------------------------------------------------------
+
+def test_environment_yml_installs_the_lock():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     deps = env["dependencies"]
     assert "python=3.11" in deps
     pip_section = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
-    assert dict(_split(s) for s in pip_section) == _pyproject_pins()
+    assert "-r requirements.txt" in pip_section
+    assert not [s for s in pip_section if "==" in s], "pins belong in requirements.txt only"
 
 
-def test_setup_script_pins_torch_first():
-    """torch==2.13.0 must be installed before the package: otherwise a dependency pulls a CUDA build."""
-    lines = [l for l in (ROOT / "scripts" / "setup.sh").read_text().splitlines() if "pip install" in l]
+def test_setup_script_pins_torch_first_then_installs_the_lock():
+    """torch==2.13.0 must be installed before anything else: otherwise a dependency pulls a CUDA build. Then the
+    lock without dependency resolution (it is complete; pip check proves it) and the package itself."""
+    script = (ROOT / "scripts" / "setup.sh").read_text()
+    lines = [l for l in script.splitlines() if ("pip install" in l or "pip check" in l) and not l.lstrip().startswith("#")]
     torch_at = next(i for i, l in enumerate(lines) if "torch==2.13.0" in l)
+    lock_at = next(i for i, l in enumerate(lines) if "-r requirements.txt" in l and "--no-deps" in l)
     package_at = next(i for i, l in enumerate(lines) if " -e ." in l or l.rstrip().endswith(" ."))
-    assert torch_at < package_at, lines
+    check_at = next(i for i, l in enumerate(lines) if "pip check" in l)
+    assert torch_at < lock_at < package_at < check_at, lines
+    assert "--no-deps" in lines[package_at]
+    stamp = next(l for l in script.splitlines() if l.startswith("want="))
+    assert "pyproject.toml" in stamp and "requirements.txt" in stamp
 
 
 def test_ci_runs_the_readme_test_command():
