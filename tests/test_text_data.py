@@ -246,3 +246,52 @@ def test_slices_cut_before_spaces_and_cover_the_text():
     assert "".join(p for p, _ in pieces) == text and [last for _, last in pieces][-1] is True
     assert all(len(p) <= 7 for p, _ in pieces) and all(p.startswith(" ") for p, _ in pieces[1:])
     assert list(_slices("x" * 20, 8)) == [("x" * 8, False), ("x" * 8, False), ("x" * 4, True)]
+
+
+class _Counting:
+    """A tokenizer that counts the texts it is asked to tokenise."""
+
+    def __init__(self, tok):
+        self.tok, self.texts = tok, 0
+        self.eos_token_id = tok.eos_token_id
+
+    def __call__(self, texts, **kw):
+        self.texts += len(texts)
+        return self.tok(texts, **kw)
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_a_stream_resumes_from_its_position_without_re_tokenising_what_came_before(micro_tokenizer, micro_text,
+                                                                                 monkeypatch, streaming):
+    """Item 4 of the reproducibility contract: resuming at batch n costs the same whatever n is."""
+    import mlsae.data as data
+
+    monkeypatch.setattr(data, "ROWS_PER_CALL", 4)  # many refills, so positions fall inside and between them
+
+    def stream(state=None, tok=micro_tokenizer):
+        return token_batches(load_text("offline:micro", split="test", streaming=streaming), tok, 32, 4,
+                             max_tokens=32 * 4 * 40, state=state)
+
+    reference = list(stream())
+    assert len(reference) == 40
+    first_batch_cost = []
+    for n in (0, 1, 7, 25, 39):
+        s = stream()
+        for _ in range(n):
+            next(s)
+        state = json.loads(json.dumps(s.state_dict()))  # what a checkpoint stores survives JSON
+        counting = _Counting(micro_tokenizer)
+        resumed = stream(state, counting)
+        first = next(resumed)
+        first_batch_cost.append(counting.texts)
+        rest = [first, *resumed]
+        assert len(rest) == 40 - n and all(torch.equal(a, b) for a, b in zip(rest, reference[n:])), n
+    # texts tokenised before the first batch after the resume: the same at batch 39 as at batch 1
+    assert max(first_batch_cost) <= min(first_batch_cost) + 8, first_batch_cost
+
+
+def test_a_position_from_another_kind_of_data_set_is_refused(micro_tokenizer, micro_text):
+    s = token_batches(load_text("offline:micro", split="test", streaming=True), micro_tokenizer, 32, 4)
+    next(s)
+    with pytest.raises(ValueError, match="another kind of data set"):
+        token_batches(load_text("offline:micro", split="test"), micro_tokenizer, 32, 4, state=s.state_dict())

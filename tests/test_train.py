@@ -288,8 +288,8 @@ def _interrupted_run(tiny_model_dir, text_dir, out, monkeypatch, stop_at=7, **kw
 
     real = train_module._Run.end_step
 
-    def dying(self, model_seconds):
-        real(self, model_seconds)
+    def dying(self, model_seconds, stream):
+        real(self, model_seconds, stream)
         if self.step == stop_at:
             raise KeyboardInterrupt
 
@@ -483,3 +483,97 @@ def test_wandb_tracker_without_wandb_is_a_clear_error(tiny_model_dir, text_dir, 
         _cfg(tiny_model_dir, text_dir, tracker="wandb")
     with pytest.raises(ValueError, match="tracker must be"):
         _cfg(tiny_model_dir, text_dir, tracker="tensorboard")
+
+
+# ---- O(1) resume and determinism (README *Determinism*) -------------------------------------------
+
+
+def test_a_resume_starts_from_the_stored_stream_position_with_the_same_final_weights(tiny_model_dir, text_dir,
+                                                                                      tmp_path, monkeypatch):
+    import mlsae.data as data
+
+    monkeypatch.setattr(data, "ROWS_PER_CALL", 1)  # count rows one at a time
+    rows = []
+    real_texts = data._texts
+
+    def counting(chunk, field):
+        rows.append(len(chunk))
+        return real_texts(chunk, field)
+
+    monkeypatch.setattr(data, "_texts", counting)
+    full = train(_cfg(tiny_model_dir, text_dir), tmp_path / "full", progress=False).sae
+    full_rows, rows[:] = sum(rows), []
+    _interrupted_run(tiny_model_dir, text_dir, tmp_path / "cut", monkeypatch)  # checkpoint at step 5 of 30
+    assert (tmp_path / "cut" / "checkpoint" / "stream.safetensors").is_file()
+    rows[:] = []
+    resumed = train(_cfg(tiny_model_dir, text_dir), tmp_path / "cut", progress=False).sae
+    # the resumed run reads the rows of steps 6..30 only (a few rows of slack for the carried tokens)
+    assert sum(rows) <= full_rows * 25 / 30 + 2, (sum(rows), full_rows)
+    for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_a_checkpoint_without_a_stream_position_still_resumes_exactly(tiny_model_dir, text_dir, tmp_path, monkeypatch):
+    """Checkpoints written before positions were stored re-read the stream to their step."""
+    full = train(_cfg(tiny_model_dir, text_dir), tmp_path / "full", progress=False).sae
+    _interrupted_run(tiny_model_dir, text_dir, tmp_path / "cut", monkeypatch)
+    (tmp_path / "cut" / "checkpoint" / "stream.safetensors").unlink()
+    resumed = train(_cfg(tiny_model_dir, text_dir), tmp_path / "cut", progress=False).sae
+    for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_the_loss_scaler_state_is_in_the_checkpoint(tiny_model_dir, text_dir, tmp_path):
+    """An fp16 run's dynamic loss scale (and its growth tracker) survive a resume."""
+    from mlsae.train import _load_checkpoint, _save_checkpoint
+
+    cfg = _cfg(tiny_model_dir, text_dir)
+    sae = MLSAE(SAEConfig(d_model=8, n_latents=16, k=2, layers=[0]))
+    opt = torch.optim.Adam(sae.parameters())
+    scaler = torch.amp.GradScaler("cpu")
+    assert scaler.is_enabled()
+    state = {"scale": 512.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 7}
+    scaler.load_state_dict(state)
+    stream = {"batches": 3, "position": 12, "carry": [1, 2, 3]}
+    _save_checkpoint(tmp_path / "ckpt", sae, opt, scaler, stream, dict(step=3, tokens=9, seconds=0.5), cfg)
+    restored = torch.amp.GradScaler("cpu")
+    assert restored.state_dict()["scale"] != 512.0
+    step, tokens, _, got_stream = _load_checkpoint(tmp_path / "ckpt", MLSAE(sae.cfg), torch.optim.Adam(sae.parameters()),
+                                                   restored)
+    assert restored.state_dict() == state and (step, tokens) == (3, 9) and got_stream == stream
+
+
+def test_one_seeding_helper_seeds_everything_and_asks_for_determinism_when_told():
+    import random
+
+    import numpy as np
+
+    from mlsae.seeding import seed_everything
+
+    draws = []
+    for _ in range(2):
+        seed_everything(7)
+        draws.append((random.random(), float(np.random.rand()), float(torch.rand(()))))
+    assert draws[0] == draws[1]
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        seed_everything(7, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert TrainConfig().deterministic is False
+    assert config_from_preset("tiny", deterministic=True).cache_key() == config_from_preset("tiny").cache_key()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+def test_on_cuda_two_runs_and_a_resume_agree_within_the_stated_tolerance(tiny_model_dir, text_dir, tmp_path, monkeypatch):
+    """README *Determinism*: on CUDA the sparse backward accumulates in any order, so runs agree within 1e-4
+    (not bit for bit) unless deterministic=True."""
+    a = train(_cfg(tiny_model_dir, text_dir, device="cuda"), tmp_path / "a", progress=False).sae
+    b = train(_cfg(tiny_model_dir, text_dir, device="cuda"), tmp_path / "b", progress=False).sae
+    _interrupted_run(tiny_model_dir, text_dir, tmp_path / "cut", monkeypatch, device="cuda")
+    c = train(_cfg(tiny_model_dir, text_dir, device="cuda"), tmp_path / "cut", progress=False).sae
+    for other in (b, c):
+        for (name, p), q in zip(a.state_dict().items(), other.state_dict().values()):
+            if name != "tokens_since_fired":
+                assert (p.float() - q.float()).abs().max() <= 1e-4, name

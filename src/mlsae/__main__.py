@@ -6,6 +6,7 @@ Examples::
     python -m mlsae train --model zoo-m --preset default  # MLSAE on an offline zoo model
     python -m mlsae train --model pythia-70m --expansion-factor 64 -k 32 --tuned-lens
     python -m mlsae eval ~/.cache/mlsae/saes/<run> --tokens 50000    # model, data, lens from the run
+    torchrun --standalone --nproc-per-node 2 -m mlsae train --model zoo-m   # data-parallel, 2 processes
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
+    from mlsae import distributed
     from mlsae.models import resolve_model
     from mlsae.train import config_from_preset, train
 
@@ -102,10 +104,12 @@ def _train(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if f.name not in ("model", "preset") and getattr(args, f.name) is not None}
     cfg = config_from_preset(preset, model=args.model, **overrides)
-    result = train(cfg, args.out, resume=not args.no_resume)
-    last = result.metrics[-1] if result.metrics else {}
-    print(json.dumps({"out": str(result.out_dir), "steps": result.steps, "tokens": result.tokens,
-                      "seconds": round(result.seconds, 1), "fvu": last.get("fvu")}))
+    with distributed.process_group(cfg.device) as group:  # under torchrun: this process's rank; else one process
+        result = train(cfg, args.out, resume=not args.no_resume)
+        if group.main:
+            last = result.metrics[-1] if result.metrics else {}
+            print(json.dumps({"out": str(result.out_dir), "steps": result.steps, "tokens": result.tokens,
+                              "seconds": round(result.seconds, 1), "fvu": last.get("fvu"), "processes": group.world}))
     return 0
 
 

@@ -19,6 +19,7 @@ from mlsae.cache import cached, data_identity, model_identity, path_for
 from mlsae.lens import ResidualLens
 from mlsae.paths import atomic_dir
 from mlsae.progress import bar
+from mlsae.seeding import seed_everything
 
 PRETRAINED_LENS_REPO = "AlignmentResearch/tuned-lens"  # a Hugging Face *space*
 
@@ -167,7 +168,7 @@ def residual_lens_for(
             pass  # fall through to training our own
 
     def train_here() -> ResidualLens:
-        torch.manual_seed(seed)
+        seed_everything(seed)
         batches = token_batches(load_text(data, split="train", streaming=True), tokenizer, seq_len, batch_size,
                                 max_tokens=train_tokens)
         return ResidualLens.from_tuned_lens(train_tuned_lens(model, batches, progress=progress))

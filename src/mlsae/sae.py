@@ -16,6 +16,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -98,18 +99,34 @@ def standardize(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return x / scale, mean, scale
 
 
-def layer_fvu(x: Tensor, x_hat: Tensor) -> Tensor:
-    """FVU per layer: sum ||x - x_hat||^2 / sum ||x - mean_tokens(x)||^2. x, x_hat [L, T, d] -> [L]."""
+# Sums a tensor over the data-parallel ranks (mlsae.distributed.Group.sum); None in one process.
+Reduce = Callable[[Tensor], Tensor]
+
+
+def _global_spread(x: Tensor, dim: int, reduce: Reduce) -> Tensor:
+    """sum ||x - mean(x)||^2 over ``dim`` and the last dim, the mean and the sum taken over every rank's x."""
+    n = reduce(x.new_tensor(float(x.shape[dim])))
+    mean = reduce(x.sum(dim, keepdim=True)) / n
+    return reduce((x - mean).pow(2).sum((dim, -1)))
+
+
+def layer_fvu(x: Tensor, x_hat: Tensor, reduce: Reduce | None = None) -> Tensor:
+    """FVU per layer: sum ||x - x_hat||^2 / sum ||x - mean_tokens(x)||^2. x, x_hat [L, T, d] -> [L].
+
+    With ``reduce`` (data-parallel training) the variance is the global batch's and the result is this
+    rank's share: the shares of all ranks sum to the FVU of the whole batch.
+    """
     x, x_hat = _at_least_fp32(x), _at_least_fp32(x_hat)
     sse = (x_hat - x).pow(2).sum((1, 2))
-    var = (x - x.mean(1, keepdim=True)).pow(2).sum((1, 2))
+    var = (x - x.mean(1, keepdim=True)).pow(2).sum((1, 2)) if reduce is None else _global_spread(x, 1, reduce)
     return sse / var.clamp_min(torch.finfo(var.dtype).tiny)
 
 
-def aux_fvu(e: Tensor, e_hat: Tensor) -> Tensor:
-    """AuxK: ||e - e_hat||^2 normalised by the variance of the error e (over all examples). [n, d] -> []."""
+def aux_fvu(e: Tensor, e_hat: Tensor, reduce: Reduce | None = None) -> Tensor:
+    """AuxK: ||e - e_hat||^2 normalised by the variance of the error e (over all examples). [n, d] -> [].
+    With ``reduce``, this rank's share of the global batch's value (as :func:`layer_fvu`)."""
     e, e_hat = _at_least_fp32(e), _at_least_fp32(e_hat)
-    var = (e - e.mean(0)).pow(2).sum()
+    var = (e - e.mean(0)).pow(2).sum() if reduce is None else _global_spread(e, 0, reduce)
     return (e_hat - e).pow(2).sum() / var.clamp_min(torch.finfo(var.dtype).tiny)
 
 
@@ -203,9 +220,13 @@ class MLSAE(nn.Module):
         """[n_latents] bool: latents unfired for at least ``dead_tokens`` tokens."""
         return self.tokens_since_fired >= self.cfg.dead_tokens
 
-    def forward(self, x: Tensor) -> SAEOutput:
+    def forward(self, x: Tensor, reduce: Reduce | None = None) -> SAEOutput:
         """x [layer, token, d] -> SAEOutput. In training mode also computes AuxK and advances the
-        dead-latent counters by T tokens (the dead set used is the one from before this batch)."""
+        dead-latent counters by T tokens (the dead set used is the one from before this batch).
+
+        ``reduce`` (data-parallel training, :mod:`mlsae.distributed`) sums a tensor over the ranks: the
+        losses become this rank's share of the global batch's, and the dead-latent counters advance by
+        the global token count, a latent that fired on any rank counting as fired."""
         if x.ndim != 3 or x.shape[-1] != self.cfg.d_model:
             raise ValueError(
                 f"expected x of shape [layer, token, d_model={self.cfg.d_model}], got {tuple(x.shape)}; "
@@ -221,11 +242,11 @@ class MLSAE(nn.Module):
         values = values.relu()
         x_hat_std = self.decode(values, indices)  # [L*T, d]
 
-        fvu = layer_fvu(x_std, x_hat_std.view(L, T, d))
-        aux_loss = self._aux_loss(flat, x_hat_std, pre_dead, dead) if use_aux else fvu.new_zeros(())
+        fvu = layer_fvu(x_std, x_hat_std.view(L, T, d), reduce)
+        aux_loss = self._aux_loss(flat, x_hat_std, pre_dead, dead, reduce) if use_aux else fvu.new_zeros(())
         loss = fvu.mean() + cfg.auxk_coef * aux_loss
         if self.training:
-            self._count_dead(values, indices, n_tokens=T)
+            self._count_dead(values, indices, n_tokens=T, reduce=reduce)
         return SAEOutput(
             x_hat=x_hat_std.view(L, T, d) * scale + mean,
             top_values=values.view(L, T, -1),
@@ -235,7 +256,8 @@ class MLSAE(nn.Module):
             aux_loss=aux_loss,
         )
 
-    def _aux_loss(self, x_std: Tensor, x_hat_std: Tensor, pre_dead: Tensor, dead: Tensor) -> Tensor:
+    def _aux_loss(self, x_std: Tensor, x_hat_std: Tensor, pre_dead: Tensor, dead: Tensor,
+                  reduce: Reduce | None = None) -> Tensor:
         """Top k_aux dead latents reconstruct the (detached) error x_std - x_hat_std.
 
         A small dense problem over the dead latents only: z [n, n_dead] @ their decoder rows.
@@ -247,12 +269,15 @@ class MLSAE(nn.Module):
         z = torch.zeros_like(pre_dead).scatter(1, i, v.relu())  # [n, n_dead]
         e_hat = z @ self.W_dec_rows.index_select(0, dead)  # [n, d]; no bias: it models an error
         e = (x_std - x_hat_std).detach()
-        return aux_fvu(e, e_hat)
+        return aux_fvu(e, e_hat, reduce)
 
     @torch.no_grad()
-    def _count_dead(self, values: Tensor, indices: Tensor, n_tokens: int) -> None:
+    def _count_dead(self, values: Tensor, indices: Tensor, n_tokens: int, reduce: Reduce | None = None) -> None:
         fired = torch.zeros_like(self.tokens_since_fired, dtype=torch.bool)
         fired[indices[values > self.cfg.dead_threshold]] = True
+        if reduce is not None:  # fired on any rank; the global batch's tokens
+            fired = reduce(fired.to(torch.int32)) > 0
+            n_tokens = int(reduce(torch.tensor(n_tokens, device=fired.device)))
         self.tokens_since_fired += n_tokens
         self.tokens_since_fired[fired] = 0
 

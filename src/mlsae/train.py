@@ -5,9 +5,13 @@ the output of every block is collected as ``[layer, token, d_model]`` (special t
 dropped), optionally mapped by the tuned lens, and used for one SAE step. Nothing is stored
 on disk but checkpoints and a metrics log.
 
-Resuming is exact: the data order is a deterministic function of the seed, so a resumed run
-skips the token batches it has already consumed and continues from the saved SAE, optimiser
-and dead-latent counters, giving the same final weights as an uninterrupted run.
+Resuming is exact and costs no re-reading: a checkpoint holds the SAE, the optimiser, the loss
+scaler, the dead-latent counters and the position of the token stream
+(:meth:`mlsae.data.TokenStream.state_dict`), so a resumed run continues where the last one stopped and
+ends with the same weights as an uninterrupted run (on CPU, bit for bit; see README *Determinism*).
+
+Under ``torchrun`` (or :func:`mlsae.distributed.launch`) the same code trains data-parallel; how the
+ranks share the work is written down in :mod:`mlsae.distributed`.
 """
 
 from __future__ import annotations
@@ -23,24 +27,26 @@ from typing import Iterator
 
 import torch
 from torch import Tensor
-from mlsae.progress import bar as progress_bar
 
+from mlsae import distributed
 from mlsae.activations import check_layers, check_seq_len, check_unique_layers, residual_batches
 from mlsae.data import load_text, token_batches
 from mlsae.lens import IDENTITY
 from mlsae.lens_training import residual_lens_for
-from mlsae.pipeline import sae_inputs
 from mlsae.models import load_model
 from mlsae.paths import atomic_dir, atomic_write_text, load_result, mlsae_home, run_lock, safe_name, save_result
+from mlsae.pipeline import sae_inputs
 from mlsae.presets import TRAIN_PRESETS
+from mlsae.progress import bar as progress_bar
 from mlsae.sae import MLSAE, SAEConfig
+from mlsae.seeding import seed_everything
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # TrainConfig fields that do not touch the trained weights: left out of the cache key, and a resumed run
 # may change them.
-NOT_IN_WEIGHTS = ("device", "checkpoint_every", "log_every", "preset", "tracker")
+NOT_IN_WEIGHTS = ("device", "checkpoint_every", "log_every", "preset", "tracker", "deterministic")
 
 
 @dataclass
@@ -75,6 +81,7 @@ class TrainConfig:
     # runs need (the offline presets use it; see mlsae.presets).
     encoder_init: str = "unit"  # unit (the paper's) | fit (scaled on the first batch)
     tracker: str = "none"  # none | wandb: also log the metrics to Weights & Biases (WANDB_MODE=offline needs no network)
+    deterministic: bool = False  # ask torch for deterministic algorithms (CUDA: repeatable runs, slower; CPU already is)
 
     def __post_init__(self):
         if self.expansion_factor <= 0:
@@ -216,6 +223,9 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, r
     its own folder, log and checkpoints. ``seconds`` in each result is that SAE's own work plus the
     whole model pass, i.e. an estimate of its time trained alone; ``wall_seconds`` in
     ``train_summary.json`` is the shared wall-clock time.
+
+    Launched by ``torchrun`` (several processes), every process calls this with the same arguments and
+    trains its shard of each batch (:mod:`mlsae.distributed`); rank 0 writes the files.
     """
     if not cfgs:
         return []
@@ -224,26 +234,38 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, r
         if len(values) > 1:
             raise ValueError(f"train_many needs one token stream, but the configurations differ in {name}: "
                              f"{sorted(values)}; train them in separate calls")
+    group = distributed.group(cfgs[0].device)
+    if group.active:
+        distributed.check_split(cfgs[0].batch_size, group.world)
+        device = distributed.local_device(cfgs[0].device)
+        cfgs = [dataclasses.replace(c, device=device) for c in cfgs]
     out_dirs = [Path(d) for d in out_dirs] if out_dirs is not None else [mlsae_home() / "saes" / c.cache_key() for c in cfgs]
     if len(out_dirs) != len(cfgs) or len(set(out_dirs)) != len(out_dirs):
         raise ValueError("train_many needs one distinct out_dir per configuration")
     # Everything that can fail on bad input fails before anything is written.
     cfg0 = cfgs[0]
-    model, tokenizer = load_model(cfg0.model, device=cfg0.device)
-    check_seq_len(cfg0.seq_len, model, cfg0.model)
-    n_layers = model.config.num_hidden_layers
-    layers = [check_layers(c.layers, n_layers) for c in cfgs]
-    dataset = load_text(cfg0.data, split="train", streaming=True)  # an empty or missing data set fails here
-    lenses = {}
-    for c in cfgs:
-        if c.tuned_lens and json.dumps(c.lens_kwargs()) not in lenses:
-            lenses[json.dumps(c.lens_kwargs())] = residual_lens_for(c.model, model, tokenizer, **c.lens_kwargs(), progress=progress)
+    progress = progress and group.main
+    with group.main_first():  # rank 0 builds what the cache lacks (a zoo model, a lens); the others load it
+        model, tokenizer = load_model(cfg0.model, device=cfg0.device)
+        check_seq_len(cfg0.seq_len, model, cfg0.model)
+        n_layers = model.config.num_hidden_layers
+        layers = [check_layers(c.layers, n_layers) for c in cfgs]
+        dataset = load_text(cfg0.data, split="train", streaming=True)  # an empty or missing data set fails here
+        lenses = {}
+        for c in cfgs:
+            if c.tuned_lens and json.dumps(c.lens_kwargs()) not in lenses:
+                lenses[json.dumps(c.lens_kwargs())] = residual_lens_for(c.model, model, tokenizer, **c.lens_kwargs(),
+                                                                       progress=progress)
     # validated for every SAE before any folder is written
     sae_cfgs = [c.sae_config(model.config.hidden_size, l) for c, l in zip(cfgs, layers)]
     with contextlib.ExitStack() as held:
-        for d in sorted(out_dirs):  # one process trains into a folder at a time
-            held.enter_context(_take(run_lock(d), d))
-        return _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress)
+        if group.main:
+            for d in sorted(out_dirs):  # one process trains into a folder at a time
+                held.enter_context(_take(run_lock(d), d))
+        held.enter_context(distributed.stop_on_sigterm(group))
+        results = _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress, group)
+        group.barrier()  # rank 0's files are complete when any rank returns
+        return results
 
 
 def _take(lock, out_dir: Path):
@@ -256,22 +278,25 @@ def _take(lock, out_dir: Path):
                            f"to finish, or train into another folder (--out)") from None
 
 
-def _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress) -> list[TrainResult]:
+def _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress,
+                  group: distributed.Group) -> list[TrainResult]:
     cfg0 = cfgs[0]
-    runs = [_Run(c, d, sc, lenses[json.dumps(c.lens_kwargs())] if c.tuned_lens else IDENTITY, resume)
+    runs = [_Run(c, d, sc, lenses[json.dumps(c.lens_kwargs())] if c.tuned_lens else IDENTITY, resume, group)
             for c, d, sc in zip(cfgs, out_dirs, sae_cfgs)]
-    steps = {r.step for r in runs}
-    if len(steps) > 1:  # resumed from different checkpoints: no shared stream position
+    if len({(r.step, json.dumps(r.stream_state, sort_keys=True)) for r in runs}) > 1:
+        # resumed from different checkpoints: no shared stream position
         for r in runs:
             r.close()
         return [train_many([r.cfg], [r.out_dir], resume=resume, progress=progress)[0] for r in runs]
-    step = steps.pop()
+    step, stream_state = runs[0].step, runs[0].stream_state
 
-    batches = token_batches(dataset, tokenizer, cfg0.seq_len, cfg0.batch_size, max_tokens=cfg0.total_steps * cfg0.tokens_per_step)
-    skipped = _skip(batches, step * cfg0.grad_accum)
-    if skipped < step * cfg0.grad_accum:
-        raise RuntimeError(f"cannot resume: the data ran out after {skipped} batches while skipping to step {step}")
-    stream = residual_batches(model, tokenizer, batches)
+    tokens = token_batches(dataset, tokenizer, cfg0.seq_len, cfg0.batch_size,
+                           max_tokens=cfg0.total_steps * cfg0.tokens_per_step, state=stream_state)
+    if step and stream_state is None:  # a checkpoint from before stream positions were stored: re-read to it
+        skipped = _skip(tokens, step * cfg0.grad_accum)
+        if skipped < step * cfg0.grad_accum:
+            raise RuntimeError(f"cannot resume: the data ran out after {skipped} batches while skipping to step {step}")
+    stream = residual_batches(model, tokenizer, (group.shard(batch) for batch in tokens))
     what = cfg0.model if len(runs) == 1 else f"{len(runs)} SAEs on {cfg0.model}"
     bar = progress_bar(total=cfg0.total_steps, initial=step, desc=f"MLSAE {what}", progress=progress)
     started, model_seconds = time.perf_counter(), 0.0
@@ -294,11 +319,17 @@ def _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, r
                 break  # data exhausted
             step += 1
             for r in runs:
-                r.end_step(model_seconds)
+                r.end_step(model_seconds, tokens)
             bar.update(1)
             if len(runs) == 1 and runs[0].metrics and runs[0].metrics[-1]["step"] == step:
                 row = runs[0].metrics[-1]
                 bar.set_postfix(loss=f"{row['loss']:.4f}", fvu=f"{row['fvu']:.3f}", dead=f"{row['dead_fraction']:.3f}")
+    except RuntimeError as err:
+        if group.active and _lost_peer(err):
+            raise RuntimeError(f"rank {group.rank} of {group.world}: lost contact with another training process "
+                               f"({str(err).splitlines()[0][:200]}); {_kept(runs[0].ckpt_dir)}; rerun the same "
+                               f"command to resume") from None
+        raise
     finally:
         for r in runs:
             r.close()
@@ -307,34 +338,55 @@ def _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, r
     return [r.finish(model_seconds, wall) for r in runs]
 
 
-class _Run:
-    """One SAE being trained by :func:`train_many`: its folder, optimiser, counters, log and checkpoints."""
+def _lost_peer(err: RuntimeError) -> bool:
+    """Whether a collective failed because another rank went away (gloo/NCCL say so in their own words)."""
+    text = str(err).lower()
+    return type(err).__name__ == "DistBackendError" or any(
+        w in text for w in ("connection", "gloo", "nccl", "peer", "timed out", "broken pipe"))
 
-    def __init__(self, cfg: TrainConfig, out_dir: Path, sae_cfg: SAEConfig, lens, resume: bool):
-        self.cfg, self.out_dir, self.layers, self.lens = cfg, out_dir, list(sae_cfg.layers), lens
+
+def _kept(ckpt_dir: Path) -> str:
+    state = ckpt_dir / "state.json"
+    if state.exists():
+        return f"the last complete checkpoint (step {json.loads(state.read_text())['step']}) is kept at {ckpt_dir}"
+    return "no checkpoint was written yet"
+
+
+class _Run:
+    """One SAE being trained by :func:`train_many`: its folder, optimiser, counters, log and checkpoints.
+    Every rank keeps one; only rank 0's writes files."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, sae_cfg: SAEConfig, lens, resume: bool,
+                 group: distributed.Group = distributed.Group()):
+        self.cfg, self.out_dir, self.layers, self.lens, self.group = cfg, out_dir, list(sae_cfg.layers), lens, group
         self.ckpt_dir, self.log_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
+        self.reduce = group.sum if group.active else None
         resuming = resume and (self.ckpt_dir / "state.json").exists()
         if resuming:
             _check_resume_config(self.ckpt_dir, cfg)  # before anything in the folder is rewritten
-        out_dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(cfg.seed)
+        seed_everything(cfg.seed, deterministic=cfg.deterministic)
         self.sae = MLSAE(sae_cfg).to(cfg.device)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.autocast == "fp16" else None
-        self.step, self.tokens, self.elapsed, self.metrics = 0, 0, 0.0, []
+        self.step, self.tokens, self.elapsed, self.metrics, self.stream_state = 0, 0, 0.0, [], None
         if resuming:
-            self.step, self.tokens, self.elapsed = _load_checkpoint(self.ckpt_dir, self.sae, self.opt, cfg)
+            self.step, self.tokens, self.elapsed, self.stream_state = _load_checkpoint(
+                self.ckpt_dir, self.sae, self.opt, self.scaler)
             self.metrics = [m for m in _read_jsonl(self.log_path) if m["step"] <= self.step]
-        atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
-        atomic_write_text(self.log_path, "".join(json.dumps(m) + "\n" for m in self.metrics))
-        self.log_file = open(self.log_path, "a")
-        self.tracker = _wandb_run(cfg, out_dir) if cfg.tracker == "wandb" else None
+        group.broadcast_(self.sae.state_dict().values())  # every rank starts from rank 0's weights
+        self.log_file, self.tracker = None, None
+        if group.main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
+            atomic_write_text(self.log_path, "".join(json.dumps(m) + "\n" for m in self.metrics))
+            self.log_file = open(self.log_path, "a")
+            self.tracker = _wandb_run(cfg, out_dir) if cfg.tracker == "wandb" else None
         self.own_seconds = 0.0  # time in this SAE's own work, this session
-        self.stats = _Accumulator()
+        self.stats = _Accumulator(self.group)
 
     def begin_step(self) -> None:
         self.opt.zero_grad(set_to_none=True)
-        self.stats = _Accumulator()
+        self.stats = _Accumulator(self.group)
 
     def micro_step(self, resid: Tensor, keep: Tensor) -> None:
         t = time.perf_counter()
@@ -343,11 +395,13 @@ class _Run:
         if not torch.isfinite(x).all():
             raise FloatingPointError(_nan_message("activations", self.step, self.ckpt_dir))
         if self.step == 0 and self.stats.n == 0:  # a fresh run: b_pre (and the encoder scale) from the first batch
-            sae.init_b_pre_(x.flatten(0, 1))
+            first = self.group.gather(x)  # [layer, every rank's tokens, d]: the global batch
+            sae.init_b_pre_(first.flatten(0, 1))
             if cfg.encoder_init == "fit":
-                sae.fit_encoder_scale_(x.flatten(0, 1))
+                sae.fit_encoder_scale_(first.flatten(0, 1))
+            self.group.broadcast_(sae.state_dict().values())
         with torch.autocast(x.device.type, dtype=DTYPES[cfg.autocast], enabled=cfg.autocast != "fp32"):
-            out = sae(x)
+            out = sae(x, self.reduce)
         loss = out.loss / cfg.grad_accum
         if not torch.isfinite(loss):
             raise FloatingPointError(_nan_message("loss", self.step, self.ckpt_dir))
@@ -355,9 +409,11 @@ class _Run:
         self.stats.add(out, x.shape[1])
         self.own_seconds += time.perf_counter() - t
 
-    def end_step(self, model_seconds: float) -> None:
+    def end_step(self, model_seconds: float, stream) -> None:
+        """The optimiser step; then the log line and the checkpoint (with ``stream``'s position) when due."""
         t = time.perf_counter()
         cfg, sae, opt, scaler = self.cfg, self.sae, self.opt, self.scaler
+        self.group.sum_grads_(sae.parameters())  # each rank's share of the global batch's gradient -> the whole
         if scaler:
             scaler.unscale_(opt)
         sae.project_decoder_grads_()
@@ -374,25 +430,30 @@ class _Run:
         if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
             row = self.stats.summary(self.step, self.tokens, seconds, sae)
             self.metrics.append(row)
-            self.log_file.write(json.dumps(row) + "\n")
-            self.log_file.flush()
+            if self.log_file is not None:
+                self.log_file.write(json.dumps(row) + "\n")
+                self.log_file.flush()
             if self.tracker is not None:
                 self.tracker.log(_flat(row), step=self.step)
-        if self.step % cfg.checkpoint_every == 0 and self.step < cfg.total_steps:
-            _save_checkpoint(self.ckpt_dir, sae, opt, self.step, self.tokens, seconds, cfg)
+        if self.group.main and self.step % cfg.checkpoint_every == 0 and self.step < cfg.total_steps:
+            _save_checkpoint(self.ckpt_dir, sae, opt, scaler, stream.state_dict(),
+                             dict(step=self.step, tokens=self.tokens, seconds=seconds), cfg)
 
     def close(self) -> None:
-        self.log_file.close()
+        if self.log_file is not None:
+            self.log_file.close()
         if self.tracker is not None:
             self.tracker.finish()
             self.tracker = None
 
     def finish(self, model_seconds: float, wall: float) -> TrainResult:
         seconds = self.elapsed + self.own_seconds + model_seconds
-        self.sae.save_pretrained(self.out_dir / "sae", provenance=provenance(self.cfg, self.step, self.tokens, self.metrics))
-        atomic_write_text(self.out_dir / "train_summary.json", json.dumps(
-            {"steps": self.step, "tokens": self.tokens, "seconds": seconds, "wall_seconds": wall,
-             "cache_key": self.cfg.cache_key()}, indent=2))
+        if self.group.main:
+            self.sae.save_pretrained(self.out_dir / "sae",
+                                     provenance=provenance(self.cfg, self.step, self.tokens, self.metrics, self.group.world))
+            atomic_write_text(self.out_dir / "train_summary.json", json.dumps(
+                {"steps": self.step, "tokens": self.tokens, "seconds": seconds, "wall_seconds": wall,
+                 "processes": self.group.world, "cache_key": self.cfg.cache_key()}, indent=2))
         return TrainResult(self.sae, self.out_dir, self.step, self.tokens, seconds, self.metrics)
 
 
@@ -418,7 +479,7 @@ def _flat(row: dict) -> dict:
     return out
 
 
-def provenance(cfg: TrainConfig, steps: int, tokens: int, metrics: list[dict]) -> dict:
+def provenance(cfg: TrainConfig, steps: int, tokens: int, metrics: list[dict], processes: int = 1) -> dict:
     """What an SAE was trained on, saved beside its weights (``provenance.json`` and the model card):
     enough for ``mlsae eval RUN_DIR`` and for a reader to know where it came from."""
     from mlsae import __version__
@@ -430,7 +491,7 @@ def provenance(cfg: TrainConfig, steps: int, tokens: int, metrics: list[dict]) -
         "model": cfg.model, "model_identity": model_identity(cfg.model), "layers": cfg.layers,
         "tuned_lens": cfg.tuned_lens, "lens": lens_fields(cfg.model, **cfg.lens_kwargs()) if cfg.tuned_lens else None,
         "data": cfg.data, "data_identity": data_identity(cfg.data), "split": "train", "preset": cfg.preset,
-        "steps": steps, "tokens": tokens, "seq_len": cfg.seq_len, "seed": cfg.seed,
+        "steps": steps, "tokens": tokens, "seq_len": cfg.seq_len, "seed": cfg.seed, "processes": processes,
         "metrics": {k: last[k] for k in ("loss", "fvu", "dead_fraction") if k in last},
         "cache_key": cfg.cache_key(), "train_config": cfg.to_dict(),
         "mlsae_version": __version__, "git_commit": _git_commit(),
@@ -477,9 +538,10 @@ def ensure_trained(cfgs: list[TrainConfig], *, progress: bool = True) -> None:
 
 
 class _Accumulator:
-    """Sums per-micro-batch statistics for one optimiser step."""
+    """Sums per-micro-batch statistics for one optimiser step (over every rank: each holds a share)."""
 
-    def __init__(self):
+    def __init__(self, group: distributed.Group = distributed.Group()):
+        self.group = group
         self.n = 0
         self.tokens = 0
         self.loss = 0.0
@@ -488,10 +550,17 @@ class _Accumulator:
 
     def add(self, out, n_tokens: int) -> None:
         self.n += 1
+        if self.group.active:  # one all-reduce of a few numbers: [loss, aux, tokens, fvu per layer]
+            shares = torch.cat([torch.stack([out.loss.detach().float(), out.aux_loss.detach().float(),
+                                             out.loss.new_tensor(float(n_tokens))]), out.fvu_per_layer.float()])
+            total = self.group.sum(shares).cpu()
+            loss, aux, n_tokens, fvu = float(total[0]), float(total[1]), int(total[2]), total[3:]
+        else:
+            loss, aux = float(out.loss.detach()), float(out.aux_loss.detach())
+            fvu = out.fvu_per_layer.detach().float().cpu()
         self.tokens += n_tokens
-        self.loss += float(out.loss.detach())
-        self.aux += float(out.aux_loss.detach())
-        fvu = out.fvu_per_layer.detach().float().cpu()
+        self.loss += loss
+        self.aux += aux
         self.fvu = fvu if self.fvu is None else self.fvu + fvu
 
     def summary(self, step: int, tokens: int, seconds: float, sae: MLSAE) -> dict:
@@ -525,12 +594,17 @@ def _nan_message(what: str, step: int, ckpt_dir: Path) -> str:
     )
 
 
-def _save_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, step: int, tokens: int, elapsed: float, cfg: TrainConfig) -> None:
+def _save_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, scaler, stream: dict, state: dict, cfg: TrainConfig) -> None:
+    """Everything a resume needs, written as one folder that appears whole or not at all: the SAE with its
+    dead-latent counters, Adam, the loss scaler's state (fp16), the token stream's position, the config."""
     with atomic_dir(ckpt_dir) as tmp:
         sae.save_pretrained(tmp / "sae")
         _save_optimizer(opt, tmp / "optimizer.safetensors")
+        save_result(tmp / "stream.safetensors", {"carry": torch.tensor(stream["carry"], dtype=torch.long)},
+                    {"batches": stream["batches"], "position": stream["position"]})
         (tmp / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        (tmp / "state.json").write_text(json.dumps({"step": step, "tokens": tokens, "seconds": elapsed}))
+        scaler_state = scaler.state_dict() if scaler is not None else None
+        (tmp / "state.json").write_text(json.dumps({**state, "scaler": scaler_state}))
 
 
 def _save_optimizer(opt, path: Path) -> None:
@@ -573,7 +647,9 @@ def _check_resume_config(ckpt_dir: Path, cfg: TrainConfig) -> None:
                          f"checkpoint's settings, or start over (--no-resume, or another --out)")
 
 
-def _load_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, cfg: TrainConfig) -> tuple[int, int, float]:
+def _load_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, scaler) -> tuple[int, int, float, dict | None]:
+    """Restore ``sae``, ``opt`` and ``scaler`` in place; returns step, tokens, seconds and the stream position
+    (None for checkpoints written before positions were stored)."""
     saved = MLSAE.from_pretrained(ckpt_dir / "sae")  # a torn model.safetensors is a clear ValueError there
     if saved.cfg != sae.cfg:
         raise ValueError(f"checkpoint at {ckpt_dir} was written for a different SAE configuration; delete it or change out_dir")
@@ -589,7 +665,17 @@ def _load_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, cfg: TrainConfig) -> tuple
                          f"incomplete. Delete {ckpt_dir} to start this run over (--no-resume)") from None
     opt.load_state_dict(state)  # moves the state to the parameters' device
     state = json.loads((ckpt_dir / "state.json").read_text())
-    return state["step"], state["tokens"], state["seconds"]
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    stream = None
+    if (ckpt_dir / "stream.safetensors").exists():
+        try:
+            tensors, meta = load_result(ckpt_dir / "stream.safetensors")
+        except Exception as err:
+            raise ValueError(f"{ckpt_dir / 'stream.safetensors'}: cannot be read ({type(err).__name__}); the checkpoint "
+                             f"is incomplete. Delete {ckpt_dir} to start this run over (--no-resume)") from None
+        stream = {**meta, "carry": tensors["carry"].tolist()}
+    return state["step"], state["tokens"], state["seconds"], stream
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -39,6 +39,7 @@ import torch
 from mlsae.lm_eval import evaluate_lm, ioi_report
 from mlsae.paths import atomic_write_text, build_once, mlsae_home
 from mlsae.progress import bar as progress_bar, drop_benign_warnings, quiet_transformers
+from mlsae.seeding import seed_everything
 from mlsae.text import TEXT_VERSION, offline_corpus
 
 __all__ = [
@@ -329,7 +330,7 @@ def _train(spec: ZooSpec, tokenizer, out_dir: Path, progress: bool) -> dict:
 
     from mlsae.data import load_text, token_batches
 
-    torch.manual_seed(spec.seed)
+    seed_everything(spec.seed)
     drop_benign_warnings()
     model = getattr(transformers, _MODEL_CLASS[spec.arch])(spec.config(tokenizer))
     model.train()
