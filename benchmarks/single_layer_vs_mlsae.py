@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import tempfile
 import time
+
+from common import peak_rss_mib, run_child
 
 
 def child(spec: dict) -> dict:
@@ -44,14 +43,7 @@ def child(spec: dict) -> dict:
     else:
         with tempfile.TemporaryDirectory() as out:
             train(cfg, out_dir=out, resume=False, progress=False)
-    return {"seconds": time.perf_counter() - start, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def run(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"child failed for {spec}:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return {"seconds": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib()}
 
 
 def main() -> None:
@@ -71,9 +63,9 @@ def main() -> None:
 
     n_layers = model_shape(args.model)[0]
     base = dict(model=args.model, preset=args.preset, expansion_factor=args.expansion_factor, k=args.k, tokens=args.tokens)
-    none = run({**base, "layers": None, "baseline": True})
-    multi = run({**base, "layers": None, "baseline": False})
-    singles = [run({**base, "layers": [l], "baseline": False}) for l in range(n_layers)]
+    none = run_child(__file__, {**base, "layers": None, "baseline": True})
+    multi = run_child(__file__, {**base, "layers": None, "baseline": False})
+    singles = [run_child(__file__, {**base, "layers": [l], "baseline": False}) for l in range(n_layers)]
     print(f"{args.model}: {n_layers} layers, R={args.expansion_factor}, k={args.k}, {args.tokens:,} training tokens each")
     print(f"  model only (no SAE):      {none['seconds']:7.1f} s  peak RSS {none['peak_rss_mib']:7.0f} MiB")
     print(f"  MLSAE (all layers):       {multi['seconds']:7.1f} s  peak RSS {multi['peak_rss_mib']:7.0f} MiB")

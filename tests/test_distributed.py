@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from mlsae import distributed
-from mlsae.train import config_from_preset, train
+from mlsae.train import config_from_preset, train, train_parallel
 
 WORDS = "when mary and john went to the store gave a drink to the cat sat on mat dog ran fast".split()
 STEPS = 300
@@ -66,7 +66,7 @@ def runs(tiny_model_dir, text_dir, tmp_path_factory) -> dict[str, Path]:
     old = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"  # as torchrun sets it; two processes on two cores
     try:
-        distributed.launch(cfg, nproc_per_node=2, out_dir=root / "two")
+        train_parallel(cfg, nproc_per_node=2, out_dir=root / "two")
     finally:
         os.environ.pop("OMP_NUM_THREADS") if old is None else os.environ.__setitem__("OMP_NUM_THREADS", old)
     return {"one": root / "one", "two": root / "two", "root": root}
@@ -135,7 +135,7 @@ def _safe_environ(p: psutil.Process) -> dict:
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(tiny_model_dir, text_dir, tmp_path):
     cfg = config_from_preset("tiny", **{**_overrides(tiny_model_dir, text_dir), "batch_size": 3, "max_tokens": 16 * 3 * 4})
     with pytest.raises(ValueError, match="batch_size 3 does not split evenly over 2 processes; use a multiple of 2"):
-        distributed.launch(cfg, nproc_per_node=2, out_dir=tmp_path / "run")
+        train_parallel(cfg, nproc_per_node=2, out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 

@@ -2,7 +2,8 @@
 trainer needs.
 
 Launch with the standard launcher, ``torchrun --standalone --nproc-per-node N -m mlsae train ...``, or
-from Python with :func:`launch` (torch's own ``elastic_launch``, the engine under torchrun). NCCL on
+from Python with :func:`mlsae.train.train_parallel` (torch's own ``elastic_launch``, the engine under
+torchrun, via :func:`spawn`). NCCL on
 CUDA, gloo on CPU, chosen from the device.
 
 How the ranks split the work (written down once, here):
@@ -29,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Iterable, Iterator
@@ -182,30 +182,17 @@ def stop_on_sigterm(g: Group) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def launch(cfg, nproc_per_node: int, out_dir=None, *, resume: bool = True) -> None:
-    """Train ``cfg`` in ``nproc_per_node`` processes on this machine, from Python: what
-    ``torchrun --standalone --nproc-per-node N -m mlsae train ...`` does, through the same engine
-    (``torch.distributed.launcher.elastic_launch``). Rank 0 writes the SAE to ``out_dir`` (default: the
-    shared cache); load it with ``MLSAE.from_pretrained(out_dir / "sae")``."""
+def spawn(entrypoint, nproc_per_node: int, *args) -> dict:
+    """Run ``entrypoint(*args)`` in ``nproc_per_node`` processes on this machine, each joined to the process
+    group: what ``torchrun --standalone`` does, through the same engine
+    (``torch.distributed.launcher.elastic_launch``). ``entrypoint`` must be a module-level function.
+    Returns each rank's return value; a failed process stops the others and raises ``ChildFailedError``."""
     import uuid
 
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if nproc_per_node < 1:
         raise ValueError(f"nproc_per_node must be at least 1, got {nproc_per_node}")
-    check_split(cfg.batch_size, nproc_per_node)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc_per_node, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
-    elastic_launch(config, _train_entry)(cfg.to_dict(), None if out_dir is None else str(out_dir), resume)
-
-
-def _train_entry(cfg: dict, out_dir: str | None, resume: bool) -> None:
-    """What each process started by :func:`launch` runs (module level, so the launcher can start it)."""
-    from pathlib import Path
-
-    from mlsae.train import TrainConfig, train
-
-    config = TrainConfig(**cfg)
-    with process_group(config.device):
-        train(config, None if out_dir is None else Path(out_dir), resume=resume, progress=False)
-    sys.stdout.flush()
+    return elastic_launch(config, entrypoint)(*args)

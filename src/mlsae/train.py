@@ -10,7 +10,7 @@ scaler, the dead-latent counters and the position of the token stream
 (:meth:`mlsae.data.TokenStream.state_dict`), so a resumed run continues where the last one stopped and
 ends with the same weights as an uninterrupted run (on CPU, bit for bit; see README *Determinism*).
 
-Under ``torchrun`` (or :func:`mlsae.distributed.launch`) the same code trains data-parallel; how the
+Under ``torchrun`` (or :func:`train_parallel`) the same code trains data-parallel; how the
 ranks share the work is written down in :mod:`mlsae.distributed`.
 """
 
@@ -207,6 +207,23 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, *, resume: bool = True,
     ``out_dir`` defaults to ``$MLSAE_HOME/saes/<cfg.cache_key()>``.
     """
     return train_many([cfg], None if out_dir is None else [out_dir], resume=resume, progress=progress)[0]
+
+
+def train_parallel(cfg: TrainConfig, nproc_per_node: int, out_dir: Path | None = None, *, resume: bool = True) -> Path:
+    """Train ``cfg`` data-parallel in ``nproc_per_node`` processes on this machine, from Python: what
+    ``torchrun --standalone --nproc-per-node N -m mlsae train ...`` does (see :mod:`mlsae.distributed`).
+    Returns the run folder; load the SAE with ``MLSAE.from_pretrained(folder / "sae")``."""
+    distributed.check_split(cfg.batch_size, nproc_per_node)
+    out_dir = Path(out_dir) if out_dir is not None else mlsae_home() / "saes" / cfg.cache_key()
+    distributed.spawn(_train_in_process, nproc_per_node, cfg.to_dict(), str(out_dir), resume)
+    return out_dir
+
+
+def _train_in_process(cfg: dict, out_dir: str, resume: bool) -> None:
+    """What each process started by :func:`train_parallel` runs."""
+    config = TrainConfig(**cfg)
+    with distributed.process_group(config.device):
+        train(config, Path(out_dir), resume=resume, progress=False)
 
 
 # Fields that must agree for SAEs to share one pass of the language model over one token stream.
