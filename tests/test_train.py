@@ -68,6 +68,7 @@ def test_a_trained_sae_says_what_it_was_trained_on_and_evaluates_from_its_folder
     assert p["mlsae_version"] and "git_commit" in p
     card = (tmp_path / "run" / "sae" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: mlsae") and p["model_identity"] in card
+    assert "| training | 6 steps, seed 42, 1 process(es) |" in card and p["processes"] == 1
     MLSAE.from_pretrained(tmp_path / "run" / "sae")  # the card and provenance do not disturb loading
     assert main(["eval", str(tmp_path / "run"), "--tokens", "256"]) == 0  # no --model, --data or --seq-len
     rows = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]

@@ -468,6 +468,7 @@ def model_card(cfg: SAEConfig, provenance: dict) -> str:
                                                                 f"`{p.get('data_identity')}`"),
             ("latents", f"{cfg.n_latents} (R = {cfg.n_latents // cfg.d_model}), k = {cfg.k}, d_model = {cfg.d_model}"),
             ("preset", f"`{p.get('preset')}`"), ("tokens seen", f"{p.get('tokens'):,}" if p.get("tokens") else "?"),
+            ("training", f"{p.get('steps', '?')} steps, seed {p.get('seed', '?')}, {p.get('processes', 1)} process(es)"),
             ("final training metrics", metrics or "?"), ("cache key", f"`{p.get('cache_key')}`"),
             ("mlsae", f"{p.get('mlsae_version')} (git {p.get('git_commit') or 'unknown'})")]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
