@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fresh machine -> whole test suite (unit tests, then every notebook under papermill + nbval).
+# Fresh machine -> whole test suite (unit tests, then every notebook once under nbval against tests/references/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

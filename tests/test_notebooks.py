@@ -1,40 +1,24 @@
-"""Every numbered notebook: executed by papermill with the tiny preset, then validated by nbval.
+"""Every numbered notebook: executed once under nbval with the CI parameters and compared with its reference.
 
-nbval runs in ``--nbval-lax`` mode: only cells marked ``# NBVAL_CHECK_OUTPUT`` (deterministic key
-numbers) are compared with papermill's outputs; ``nbval_sanitize.cfg`` masks timings and paths.
-The notebooks share this session's ``$MLSAE_HOME``, so each SAE is trained once.
+tests/references/NN_name.ipynb is the notebook as papermill runs it with ``CI_PARAMETERS``, with outputs
+kept only for the key-number cells (``# NBVAL_CHECK_OUTPUT``); ``nbval --nbval-lax`` executes the notebook
+and compares those cells with it (``nbval_sanitize.cfg`` masks timings and paths), and
+``nbval_no_stderr.py`` fails any cell that writes to stderr. ``python scripts/update_references.py NN``
+rewrites a reference (see tests/references/README.md for the precision rule). The notebooks share this
+session's ``$MLSAE_HOME``, so each SAE is trained once.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from mlsae.notebooks import changed_parameters, figures_for, notebook_paths, parameter_names, run_notebook
+from mlsae.notebooks import (CI_PARAMETERS, KEY_MARKER, changed_parameters, check_against_reference, figures_for,
+                             notebook_paths, parameter_names, reference_path, run_notebook, update_reference)
 
 ROOT = Path(__file__).resolve().parents[1]
-SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
-
-# The parameters CI passes to each notebook. A notebook missing here fails test_every_notebook_is_covered.
-CI_PARAMETERS: dict[str, dict] = {
-    "01_language_models": {"preset": "tiny"},
-    "02_train_mlsae": {"preset": "tiny"},
-    "03_layer_variance": {"preset": "tiny"},
-    "04_layer_heatmaps": {"preset": "tiny"},
-    "05_residual_similarity": {"preset": "tiny"},
-    "06_sweeps": {"preset": "tiny"},
-    "07_tuned_lens": {"preset": "tiny"},
-    "08_decoder_geometry": {"preset": "tiny"},
-    "09_layer_statistics": {"preset": "tiny"},
-    "10_single_layer_baselines": {"preset": "tiny"},
-    "11_max_examples": {"preset": "tiny"},
-    "12_model_families": {"preset": "tiny"},
-}
 
 
 def test_every_notebook_is_covered():
@@ -52,6 +36,7 @@ def test_notebook_is_thin_parameterised_and_clean(path):
     assert len(tagged) == 1, "exactly one cell tagged 'parameters' (papermill injects after it)"
     assert "preset" in parameter_names(path)
     assert any("NBVAL_CHECK_OUTPUT" in c.source for c in nb.cells if c.cell_type == "code"), "no key-number cell"
+    assert reference_path(path).is_file(), f"no reference: run `python scripts/update_references.py {path.stem[:2]}`"
     for c in nb.cells:
         if c.cell_type == "code":
             assert not c.get("outputs") and c.get("execution_count") is None, "committed notebooks carry no outputs"
@@ -110,20 +95,72 @@ def test_every_notebook_writes_through_its_figure_folder():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
-def test_notebook_runs_under_papermill_and_passes_nbval(path, tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MLSAE_FIGURES", str(tmp_path_factory.mktemp("figures")))
-    out = tmp_path_factory.mktemp("executed") / path.name
-    run = run_notebook(path, out, CI_PARAMETERS.get(path.stem, {"preset": "tiny"}))
-    assert run.ok, f"papermill failed on {path.name}:\n{run.error}"
-    stderr = ["".join(o.get("text", ""))[:200] for c in nbformat.read(out, as_version=4).cells
-              for o in c.get("outputs", []) if o.get("name") == "stderr"]
-    assert not stderr, f"{path.name} wrote to stderr (progress bars, warnings): {stderr[:5]}"
-    nbval = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", str(out), "--nbval-sanitize-with", str(SANITIZE),
-         "--nbval-current-env", "-p", "no:cacheprovider", "-q", "--rootdir", str(out.parent)],
-        capture_output=True, text=True, cwd=str(out.parent),
-    )
-    assert nbval.returncode == 0, f"nbval failed on {path.name}:\n{nbval.stdout[-4000:]}\n{nbval.stderr[-2000:]}"
+def test_notebook_matches_its_reference(path, tmp_path):
+    """One execution per notebook: nbval runs it and compares the key-number cells with the reference."""
+    failure = check_against_reference(path, tmp_path)
+    assert failure is None, failure
+
+
+SYNTHETIC = [
+    ("x = 1.0", {"tags": ["parameters"]}),
+    ("import os, sys\nif os.environ.get('SYNTHETIC_STDERR'):\n    print('a warning', file=sys.stderr)", {}),
+    (KEY_MARKER + "\nprint(f'key number {x / 3:.3f}')", {}),
+]
+
+
+def _synthetic_notebook(folder: Path, cells=SYNTHETIC) -> Path:
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell(source, metadata=meta) for source, meta in cells]
+    path = folder / "notebooks" / "99_synthetic.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def _set_key_output(ref: Path, text: str) -> None:
+    nb = nbformat.read(ref, as_version=4)
+    next(c for c in nb.cells if KEY_MARKER in c.source).outputs[0].text = text
+    nbformat.write(nb, ref)
+
+
+@pytest.mark.slow
+def test_a_changed_key_number_or_a_stale_reference_fails_the_check(tmp_path, monkeypatch):
+    monkeypatch.delenv("SYNTHETIC_STDERR", raising=False)
+    path, refs, params = _synthetic_notebook(tmp_path), tmp_path / "references", {"x": 2.0}
+    ref = update_reference(path, refs, params)
+    written = nbformat.read(ref, as_version=4)
+    code = [c for c in written.cells if c.cell_type == "code"]
+    assert [c.metadata.get("tags") for c in code[:2]] == [["parameters"], ["injected-parameters"]]
+    assert [bool(c.outputs) for c in code] == [False, False, False, True], "outputs only for the key cell"
+    assert code[-1].outputs[0].text == "key number 0.667\n"
+    assert set(written.metadata) == {"kernelspec", "language_info", "papermill"}
+
+    assert check_against_reference(path, tmp_path / "ok", params, refs) is None
+
+    _set_key_output(ref, "key number 0.668\n")  # a regression in the last printed digit
+    failure = check_against_reference(path, tmp_path / "changed", params, refs)
+    assert failure and "Cell outputs differ" in failure and "0.668" in failure and "0.667" in failure
+
+    _set_key_output(ref, "key number 0.667\n")
+    edited = [*SYNTHETIC[:2], (KEY_MARKER + "\nprint(f'key number {x / 3:.4f}')", {})]
+    _synthetic_notebook(tmp_path, edited)
+    failure = check_against_reference(path, tmp_path / "stale", params, refs)
+    assert failure.startswith("reference for 99 is stale: the notebook changed; "
+                              "run `python scripts/update_references.py 99`")
+    assert "stale" in check_against_reference(path, tmp_path / "other-parameters", {"x": 3.0}, refs)
+
+
+@pytest.mark.slow
+def test_a_cell_writing_to_stderr_fails_the_check(tmp_path, monkeypatch):
+    monkeypatch.delenv("SYNTHETIC_STDERR", raising=False)
+    path, refs, params = _synthetic_notebook(tmp_path), tmp_path / "references", {"x": 2.0}
+    update_reference(path, refs, params)
+    monkeypatch.setenv("SYNTHETIC_STDERR", "1")  # an unmarked cell: nbval --nbval-lax alone would pass it
+    failure = check_against_reference(path, tmp_path / "check", params, refs)
+    assert failure and "Cell 2 wrote to stderr" in failure and "a warning" in failure
+    with pytest.raises(RuntimeError, match="wrote to stderr, no reference written"):
+        update_reference(path, refs, params)
 
 
 @pytest.mark.parametrize("params, match", [
