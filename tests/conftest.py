@@ -31,6 +31,23 @@ def make_tiny_tokenizer():
     )
 
 
+TEXT_WORDS = "when mary and john went to the store gave a drink to the cat sat on mat dog ran fast".split()
+
+
+def write_word_corpus(d: Path, n_train: int, seed: int, n_test: int = 60) -> Path:
+    """A local data set in the tiny tokenizer's vocabulary: train/test jsonl of random 40-word documents."""
+    import json
+
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        docs = [" ".join(TEXT_WORDS[i] for i in torch.randint(0, len(TEXT_WORDS), (40,), generator=g).tolist())
+                for _ in range(n)]
+        (d / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    return d
+
+
 def make_tiny_neox(vocab_size: int = 64, seed: int = 0, **overrides):
     """A random tiny GPT-NeoX (Pythia architecture) causal LM in eval mode."""
     import torch

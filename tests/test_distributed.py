@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from mlsae import distributed
 from mlsae.train import config_from_preset, train, train_parallel
 
-WORDS = "when mary and john went to the store gave a drink to the cat sat on mat dog ran fast".split()
+from conftest import write_word_corpus
+
 STEPS = 300
 # 1 vs 2 processes differ only in the order of float sums (gradients summed over ranks, the batch variance
 # from per-rank sums); measured: at most 3.3e-7 after 300 steps. Same world size: bit for bit.
@@ -28,12 +29,7 @@ TOLERANCE = 1e-5
 
 @pytest.fixture(scope="module")
 def text_dir(tmp_path_factory) -> Path:
-    g = torch.Generator().manual_seed(1)
-    d = tmp_path_factory.mktemp("text")
-    for split, n in (("train", 1500), ("test", 60)):
-        docs = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (40,), generator=g).tolist()) for _ in range(n)]
-        (d / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
-    return d
+    return write_word_corpus(tmp_path_factory.mktemp("text"), n_train=1500, seed=1)
 
 
 def _overrides(model_dir, text_dir) -> dict:

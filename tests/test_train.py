@@ -19,18 +19,12 @@ from mlsae.models import load_model
 from mlsae.sae import MLSAE, SAEConfig
 from mlsae.train import TrainConfig, config_from_preset, train, train_many
 
-WORDS = "when mary and john went to the store gave a drink to the cat sat on mat dog ran fast".split()
-
+from conftest import write_word_corpus
 
 @pytest.fixture(scope="module")
 def text_dir(tmp_path_factory) -> Path:
     """A local data set (train/test jsonl) in the tiny tokenizer's vocabulary."""
-    g = torch.Generator().manual_seed(0)
-    d = tmp_path_factory.mktemp("text")
-    for split, n in (("train", 400), ("test", 60)):
-        docs = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (40,), generator=g).tolist()) for _ in range(n)]
-        (d / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
-    return d
+    return write_word_corpus(tmp_path_factory.mktemp("text"), n_train=400, seed=0)
 
 
 def _cfg(model_dir, text_dir, **kw) -> TrainConfig:
