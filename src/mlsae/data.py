@@ -19,6 +19,7 @@ Pythia convention), and cuts the stream into ``[batch, seq_len]`` blocks.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from contextlib import contextmanager
@@ -314,13 +315,9 @@ class TokenStream:
 
     def state_dict(self) -> dict:
         """``{"batches", "position", "carry": [token ids]}``: JSON-able but for ``carry`` (a list of ints)."""
-        import copy
-
         return {"batches": self.batches, "position": copy.deepcopy(self._position), "carry": list(self._carry)}
 
     def _restore(self, state: dict) -> None:
-        import copy
-
         position = state["position"]
         if self._resumable != isinstance(position, dict):
             raise ValueError("this stream position was saved for another kind of data set (streaming vs not); "
