@@ -28,6 +28,8 @@ from pathlib import Path
 
 import nbformat
 
+from mlsae.records import MIME as RECORD_MIME
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -95,6 +97,7 @@ def summarise(path: Path) -> dict:
         "stderr": ["".join(o.get("text", ""))[:200] for o in outputs if o.get("name") == "stderr"],
         "progress_widgets": sum("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs),
         "images": sum("image/png" in o.get("data", {}) for o in outputs),
+        "records": sum(RECORD_MIME in o.get("data", {}) for o in outputs),
     }
 
 
@@ -158,6 +161,9 @@ def check(notebook: str, parameters: dict, screenshot: Path, timeout: float) -> 
         driver.find_element(By.CSS_SELECTOR, ".jp-Notebook").click()
         driver.find_element(By.TAG_NAME, "body").send_keys(Keys.CONTROL, "s")
         _wait("the notebook to be saved", lambda: path.stat().st_mtime_ns != before, 30)
+        # mlsae.records outputs must stay invisible: no "No renderer could be found" text, no JSON shown
+        records_shown = [e.text[:200] for e in driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")
+                         if "No renderer" in e.text or RECORD_MIME in e.text]
         images = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output img")
         if images:  # show the first figure, as a reader scrolling down would see it
             driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", images[0])
@@ -165,7 +171,7 @@ def check(notebook: str, parameters: dict, screenshot: Path, timeout: float) -> 
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(screenshot))
         return {"notebook": notebook, "parameters": parameters, "seconds": round(seconds, 1),
-                "screenshot": str(screenshot), **summarise(path)}
+                "screenshot": str(screenshot), "records_shown": records_shown, **summarise(path)}
     finally:
         if driver is not None:
             driver.quit()
@@ -186,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     result = check(args.notebook, {"preset": args.preset}, args.screenshot, args.timeout)
     print(json.dumps(result, indent=2))
-    ok = result["cells_run"] == result["code_cells"] and not result["errors"] and not result["stderr"]
+    ok = (result["cells_run"] == result["code_cells"] and not result["errors"] and not result["stderr"]
+          and not result["records_shown"])
     print("browser check:", "clean" if ok else "NOT clean (see above)")
     return 0 if ok else 1
 

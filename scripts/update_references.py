@@ -1,9 +1,10 @@
-"""Re-execute notebooks with the CI parameters and rewrite their committed references.
+"""Re-execute notebooks with the CI parameters and rewrite the values of their committed references.
 
-tests/references/NN_name.ipynb holds each notebook as papermill runs it in CI, with outputs kept only
-for the key-number cells (``# NBVAL_CHECK_OUTPUT``); tests/test_notebooks.py executes every notebook
-once under nbval and compares those cells with it. Run this after changing a notebook or a number on
-purpose, and review the diff (``git diff tests/references``).
+tests/references/NN_name.json holds each key number a notebook records (mlsae.records.record) when run
+with the CI parameters, with its tolerance; tests/test_notebooks.py executes every notebook once under
+nbval and compares its records with it (tests/notebook_references.py). Run this after changing a
+notebook or a number on purpose, and review the diff (``git diff tests/references``). Tolerances are
+kept as they are: they are set from a measured spread (scripts/measure_spread.py), never by this.
 
     .venv/bin/python scripts/update_references.py          # every notebook, in order (shared $MLSAE_HOME)
     .venv/bin/python scripts/update_references.py 03 07    # some of them
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from mlsae.notebooks import notebook_paths, update_reference
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference tooling is test code
+
+from notebook_references import notebook_paths, update_reference  # noqa: E402
 
 
 def main() -> int:

@@ -35,5 +35,6 @@ def test_notebook_03_runs_clean_in_jupyterlab(tmp_path, monkeypatch):
     assert result["errors"] == [], result
     assert result["stderr"] == [], "pink boxes in JupyterLab: " + repr(result["stderr"])
     assert result["images"] >= 3, result  # the notebook's figures rendered inline
+    assert result["records"] >= 10 and result["records_shown"] == [], result  # key numbers recorded, not shown
     assert (tmp_path / "shot.png").stat().st_size > 10_000
     assert list((tmp_path / "figures" / "03_layer_variance").glob("*.png"))
