@@ -116,3 +116,67 @@ def micro_home(micro_zoo_home, monkeypatch) -> Path:
     """``micro_zoo_home`` with MLSAE_HOME pointing at it for this test."""
     monkeypatch.setenv("MLSAE_HOME", str(micro_zoo_home))
     return micro_zoo_home
+
+
+# ---- the Hugging Face hub cache and the Pile, in their real on-disk layouts ------------------
+
+
+@pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face hub cache, so results do not depend on what this machine has cached."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+HUB_SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def put_in_hub_cache(cache: Path, repo_id: str, folder: Path, repo_type: str = "model", sha: str = HUB_SHA) -> Path:
+    """Lay ``folder`` out as ``hf download`` leaves a repository in the hub cache: ``<type>s--org--name/``
+    with ``refs/main`` naming the commit, the files as ``blobs/<sha256>`` and ``snapshots/<commit>/...``
+    symbolic links to them. Returns the snapshot folder."""
+    import hashlib
+    import os
+
+    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(sha)
+    snapshot = repo / "snapshots" / sha
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / path.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return snapshot
+
+
+PILE_SETS = ("Pile-CC", "Github", "ArXiv", "Wikipedia (en)", "StackExchange")
+
+
+def write_pile_layout(root: Path, docs_per_file: int = 12, seed: int = 0) -> Path:
+    """The Pile as ``hf download monology/pile-uncopyrighted --repo-type dataset --local-dir root`` leaves
+    it: ``train/00.jsonl.zst``, ``train/01.jsonl.zst``, ``val.jsonl.zst``, ``test.jsonl.zst`` (zstd-compressed
+    JSON lines of ``{"text": ..., "meta": {"pile_set_name": ...}}``) and a README.md. The documents use the
+    tiny tokenizer's words and name their file, so a test can tell which file a row came from."""
+    import json
+    import random
+
+    import zstandard
+
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "README.md").write_text("---\nlicense: other\n---\n# pile-uncopyrighted (test stand-in)\n")
+    for name in ("train/00.jsonl.zst", "train/01.jsonl.zst", "val.jsonl.zst", "test.jsonl.zst"):
+        rows = [{"text": f"{name} " + " ".join(rng.choice(TEXT_WORDS) for _ in range(30)),
+                 "meta": {"pile_set_name": rng.choice(PILE_SETS)}} for _ in range(docs_per_file)]
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    return root

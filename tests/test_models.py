@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 import types
@@ -14,7 +13,7 @@ import pytest
 
 from mlsae import hub
 import torch
-from conftest import make_tiny_neox, make_tiny_tokenizer, save_tiny_model_dir
+from conftest import make_tiny_neox, make_tiny_tokenizer, put_in_hub_cache, save_tiny_model_dir
 
 from mlsae import models
 from mlsae.models import (
@@ -35,17 +34,6 @@ PAPER_SHAPES = {
 
 
 @pytest.fixture
-def empty_hf_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face cache, so results do not depend on what this machine has cached."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
-@pytest.fixture
 def fake_zoo(monkeypatch, tiny_model_dir):
     """Replace mlsae.zoo by a stub whose ensure_zoo_model returns the tiny model folder."""
     calls = []
@@ -59,15 +47,6 @@ def fake_zoo(monkeypatch, tiny_model_dir):
     stub.ensure_zoo_model = ensure_zoo_model
     monkeypatch.setitem(sys.modules, "mlsae.zoo", stub)
     return calls
-
-
-def _put_in_hf_cache(cache: Path, repo_id: str, folder: Path) -> None:
-    """Lay ``folder`` out in the hub cache format (refs/main -> snapshots/<sha>)."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    sha = "0123456789abcdef0123456789abcdef01234567"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(sha)
-    shutil.copytree(folder, repo / "snapshots" / sha)
 
 
 # ---- resolution -----------------------------------------------------------------------------------
@@ -166,9 +145,9 @@ def test_cached_hub_model_loads_offline_including_alias(empty_hf_cache, monkeypa
 
     tok = make_tiny_tokenizer()
     neox_dir = save_tiny_model_dir(tmp_path / "neox", tokenizer=tok)
-    _put_in_hf_cache(empty_hf_cache, "EleutherAI/pythia-70m-deduped", neox_dir)
+    put_in_hub_cache(empty_hf_cache, "EleutherAI/pythia-70m-deduped", neox_dir)
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=2, n_head=2, n_positions=32))
-    _put_in_hf_cache(empty_hf_cache, "gpt2", save_tiny_model_dir(tmp_path / "gpt2", gpt2, tok))  # legacy id only
+    put_in_hub_cache(empty_hf_cache, "gpt2", save_tiny_model_dir(tmp_path / "gpt2", gpt2, tok))  # legacy id only
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
     assert is_available("pythia-70m") and is_available("gpt2") and not is_available("pythia-160m")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import HUB_SHA, PILE_SETS, put_in_hub_cache, write_pile_layout
 from mlsae.data import DataUnavailableError, load_text, token_batches
 from mlsae.text import (
     IOI_PROMPT, NAMES, OBJECTS, PLACES, PRESETS, generate_documents, offline_corpus, write_corpus,
@@ -155,7 +156,10 @@ def test_hub_data_set_fails_fast_offline(monkeypatch):
     assert time.perf_counter() - t < 20
     msg = str(e.value)
     assert "mlsae-no-such-org/no-such-data-set" in msg and "HF_HOME" in msg and "HF_DATASETS_CACHE" in msg
-    assert "load_dataset" in msg and isinstance(e.value, ConnectionError)
+    assert isinstance(e.value, ConnectionError)
+    # the command it suggests fetches one split's files, not every split prepared (hundreds of GB for the Pile)
+    assert "hf download mlsae-no-such-org/no-such-data-set --repo-type dataset --include 'train.*'" in msg
+    assert "load_dataset(" not in msg and "HF_HUB_OFFLINE=1" in msg
 
 
 def test_hub_data_set_fails_fast_when_unreachable(monkeypatch):
@@ -168,6 +172,82 @@ def test_hub_data_set_fails_fast_when_unreachable(monkeypatch):
     with pytest.raises(DataUnavailableError, match="unreachable"):
         load_text("monology/pile-uncopyrighted", streaming=True)
     assert time.perf_counter() - t < 20
+
+
+# ---- the Pile, as people download it ------------------------------------------------------------
+
+
+def _texts_of(ds, n=1000) -> list[str]:
+    return [r["text"] for r in ds.take(n)] if hasattr(ds, "take") and not hasattr(ds, "__len__") else ds["text"][:n]
+
+
+def _file_of(text: str) -> str:
+    return text.split(" ", 1)[0]
+
+
+def test_the_pile_from_a_local_folder_in_its_own_layout(tmp_path):
+    """`hf download monology/pile-uncopyrighted --repo-type dataset --local-dir DIR`: train/NN.jsonl.zst,
+    val.jsonl.zst, test.jsonl.zst. On main 0d8e133 the folder held "no 'test' file"."""
+    root = write_pile_layout(tmp_path / "pile")
+    test = load_text(str(root), split="test")
+    assert {_file_of(t) for t in _texts_of(test)} == {"test.jsonl.zst"}
+    rows = list(test.take(3))
+    assert set(rows[0]) == {"text", "meta"} and rows[0]["meta"]["pile_set_name"] in PILE_SETS
+    assert {_file_of(t) for t in _texts_of(load_text(str(root), split="validation"))} == {"val.jsonl.zst"}
+    train = [_file_of(t) for t in _texts_of(load_text(str(root), split="train"))]
+    assert train == ["train/00.jsonl.zst"] * 12 + ["train/01.jsonl.zst"] * 12  # every shard, in order
+    single = load_text(str(root / "test.jsonl.zst"))  # one compressed file
+    assert len(_texts_of(single)) == 12
+
+
+def test_only_the_files_of_the_split_are_read(tmp_path):
+    root = write_pile_layout(tmp_path / "pile")
+    for shard in (root / "train").iterdir():
+        shard.write_bytes(b"not zstd at all")  # a partial or broken download of a split not asked for
+    assert len(_texts_of(load_text(str(root), split="test"))) == 12
+
+
+def test_the_pile_from_the_hub_cache_offline_with_its_revision(tmp_path, empty_hf_cache, monkeypatch):
+    """A hub-cache copy (refs/main -> snapshots/<sha>, files as blobs) is read in place, offline, without a
+    prepared datasets cache; its identity names the revision. On main 0d8e133: DataUnavailableError."""
+    from mlsae.cache import data_identity
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pile = write_pile_layout(tmp_path / "download")
+    (pile / "train" / "00.jsonl.zst").unlink()  # people fetch some files: a partial snapshot is the rule
+    (pile / "train" / "01.jsonl.zst").unlink()
+    put_in_hub_cache(empty_hf_cache, "monology/pile-uncopyrighted", pile, repo_type="dataset")
+    t = time.perf_counter()
+    test = load_text("monology/pile-uncopyrighted", split="test")
+    assert {_file_of(t) for t in _texts_of(test)} == {"test.jsonl.zst"}
+    assert time.perf_counter() - t < 20
+    assert data_identity("monology/pile-uncopyrighted") == f"hub:monology/pile-uncopyrighted@{HUB_SHA}"
+    with pytest.raises(DataUnavailableError, match="--include 'train.\\*' --include 'train/\\*'"):
+        load_text("monology/pile-uncopyrighted", split="train")  # not downloaded: say what to fetch
+
+
+def test_token_batches_stream_from_the_pile_layout(tmp_path):
+    from transformers import AutoTokenizer
+
+    from conftest import make_tiny_tokenizer
+
+    tok_dir = tmp_path / "tok"
+    make_tiny_tokenizer().save_pretrained(tok_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    root = write_pile_layout(tmp_path / "pile")
+    batches = list(token_batches(load_text(str(root), split="test"), tokenizer, seq_len=16, batch_size=2,
+                                 max_tokens=64))
+    assert len(batches) == 2 and batches[0].shape == (2, 16)
+
+
+def test_zstd_without_zstandard_names_the_package(tmp_path, monkeypatch):
+    """On main 0d8e133 datasets said only "Compression type zstd not supported"."""
+    import sys
+
+    root = write_pile_layout(tmp_path / "pile")
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    with pytest.raises(ImportError, match="needs the zstandard package: pip install zstandard"):
+        load_text(str(root), split="test")
 
 
 # ---- token_batches ---------------------------------------------------------------------------

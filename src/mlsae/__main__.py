@@ -108,7 +108,7 @@ def _train(args) -> int:
         result = train(cfg, args.out, resume=not args.no_resume)
         if group.main:
             last = result.metrics[-1] if result.metrics else {}
-            print(json.dumps({"out": str(result.out_dir), "steps": result.steps, "tokens": result.tokens,
+            print(json.dumps({"out": str(result.out_dir), "data": cfg.data, "steps": result.steps, "tokens": result.tokens,
                               "seconds": round(result.seconds, 1), "fvu": last.get("fvu"), "processes": group.world}))
     return 0
 
@@ -128,9 +128,18 @@ def _eval(args) -> int:
     model_name = args.model or saved.get("model")
     if model_name is None:
         raise ValueError(f"{where} has no provenance.json saying which model it was trained on; pass --model")
-    cfg = TrainConfig(**{**saved.get("train_config", {}), "model": model_name, "device": "cpu",
-                         **({"data": args.data} if args.data else {})}) if saved.get("train_config") else \
-        TrainConfig(model=model_name, data=args.data or "offline", seq_len=128)
+    if saved.get("train_config"):
+        cfg = TrainConfig(**{**saved["train_config"], "model": model_name, "device": "cpu",
+                             **({"data": args.data} if args.data else {})})
+    else:  # a released SAE, or one without provenance: the model's own text and context, said out loud
+        from mlsae.models import model_context, resolve_model
+        from mlsae.presets import default_data
+
+        context = model_context(model_name)
+        cfg = TrainConfig(model=model_name, data=args.data or default_data(model_name, resolve_model(model_name).kind),
+                          seq_len=min(TrainConfig.seq_len, context) if context else TrainConfig.seq_len)
+        print(f"{where} has no provenance: evaluating on {cfg.data} (test split) at {args.seq_len or cfg.seq_len} "
+              "positions (--data and --seq-len choose others)", flush=True)
     tuned_lens = saved.get("tuned_lens", False) if args.tuned_lens is None else args.tuned_lens
     model, tokenizer = load_model(model_name, device=args.device)
     lens = residual_lens_for(model_name, model, tokenizer, **cfg.lens_kwargs()) if tuned_lens else None

@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from mlsae.hub import cached_commit
 from mlsae.paths import atomic_write_text, run_lock
 
 # Bump one of these when the code computing that kind of artefact changes its result.
@@ -57,7 +58,8 @@ def model_identity(name: str) -> str:
 
 
 def data_identity(source: str) -> str:
-    """What a text source is: offline generator version and preset, local file contents, or hub name."""
+    """What a text source is: offline generator version and preset, local file contents, or hub name and
+    revision."""
     source = str(source)
     if source == "offline" or source.startswith("offline:"):
         from mlsae.text import PRESETS, TEXT_VERSION
@@ -68,7 +70,11 @@ def data_identity(source: str) -> str:
     if path.exists():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
         return f"local:{_files_digest(files, path if path.is_dir() else path.parent)}"
-    return f"hub:{source}"
+    # a hub data set: its revision in the local hub cache (what is read offline), else the name alone (a
+    # prepared datasets cache, or streaming from the Hub's main)
+    name, _, config = source.partition(":")
+    commit = cached_commit(name, "dataset")
+    return f"hub:{source}" + (f"@{commit}" if commit else "")
 
 
 def _files_digest(files: list[Path], root: Path) -> str:
@@ -88,12 +94,9 @@ def _files_digest(files: list[Path], root: Path) -> str:
 
 def _hub_commit(repo_id: str, aliases: tuple[str, ...] = ()) -> str:
     """The commit ``main`` points to in the local Hugging Face cache, or ``"uncached"``."""
-    import huggingface_hub.constants as c
-
     for rid in (repo_id, *aliases):
-        ref = Path(c.HF_HUB_CACHE) / f"models--{rid.replace('/', '--')}" / "refs" / "main"
-        if ref.is_file():
-            return ref.read_text().strip()
+        if (commit := cached_commit(rid)) is not None:
+            return commit
     return "uncached"
 
 

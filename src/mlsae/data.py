@@ -3,13 +3,19 @@
 ``load_text`` accepts
 
 * ``"offline"`` / ``"offline:<preset>"`` — the generated corpus of :mod:`mlsae.text`;
-* a local directory holding ``<split>.jsonl`` / ``<split>.json`` / ``<split>.txt`` files
-  (also ``<split>-*.jsonl`` shards);
-* a single local ``.jsonl`` / ``.json`` / ``.txt`` file (used whatever the split);
+* a local directory holding ``<split>.jsonl`` / ``<split>.json`` / ``<split>.txt`` files (also
+  ``<split>-*.jsonl`` shards, and a ``<split>/`` folder of files), each optionally compressed
+  (``.zst``, ``.gz``, ``.bz2``, ``.xz``): the Pile's own layout (``train/00.jsonl.zst`` ...,
+  ``val.jsonl.zst``, ``test.jsonl.zst``) is such a folder, and ``validation`` finds ``val``;
+* a single local file of those kinds (used whatever the split);
 * a Hugging Face Hub data set name such as ``"monology/pile-uncopyrighted"`` (optionally
-  ``"name:config"``), which is streamed. Without network it fails within seconds, naming the
-  data set, the cache folders and how to fetch it; a copy already in the ``datasets`` cache
-  is used when the Hub cannot be reached.
+  ``"name:config"``). Its files in the local hub cache (``hf download NAME --repo-type dataset
+  --include 'test.jsonl.zst'``: ``refs/main`` -> ``snapshots/<commit>/``) are read first, only those
+  of the split asked for, streamed; then a prepared ``datasets`` cache; else it is streamed from the
+  Hub. Without network and without a local copy it fails within seconds, naming the data set, the
+  cache folders and the command that fetches one split.
+
+Compressed files are always streamed (read as they are decompressed, never unpacked to disk).
 
 ``.txt`` files follow the ``datasets`` convention: one document per line (blank lines skipped).
 
@@ -33,7 +39,10 @@ from mlsae import hub
 __all__ = ["DataUnavailableError", "TokenStream", "load_text", "token_batches"]
 
 _EXTS = {".jsonl": "json", ".json": "json", ".txt": "text"}
-# How long we wait to learn whether the Hub (or the proxy in front of it) answers at all.
+# Compressions ``datasets`` reads by file name (zstd through the ``zstandard`` package).
+_COMPRESSED = (".zst", ".gz", ".bz2", ".xz")
+# Other names a split goes by: the Pile calls its validation split "val".
+_SPLIT_NAMES = {"validation": ("validation", "val", "valid"), "val": ("val", "validation", "valid")}
 
 
 class DataUnavailableError(ConnectionError):
@@ -67,7 +76,7 @@ def load_text(source: str = "offline", split: str = "train", streaming: bool = F
     else:
         return _check(_load_hub(source, split, streaming), source, split, text_field)
     try:
-        return _check(_load_local_files(files, streaming, label=source), source, split, text_field)
+        return _check(_load_local_files(files, streaming, label=source, split=split), source, split, text_field)
     except UnicodeDecodeError as err:
         bad = next((f for f in files if not _is_utf8(f)), files[0])
         raise ValueError(f"{bad} is not UTF-8 text ({err.reason} at byte {err.start} of a record); mlsae reads "
@@ -92,23 +101,40 @@ def _looks_local(source: str) -> bool:
     if os.path.exists(os.path.expanduser(source)):
         return True
     return (source.startswith((".", "/", "~")) or os.sep in source.rstrip("/").replace("/", "", 1)
-            or Path(source).suffix in _EXTS)
+            or _format(Path(source)) is not None)
+
+
+def _format(path: Path) -> str | None:
+    """The ``datasets`` builder for a file (``json``, ``text``), compressed or not; None for other files."""
+    suffix = path.suffix
+    if suffix in _COMPRESSED:
+        suffix = Path(path.stem).suffix
+    return _EXTS.get(suffix)
+
+
+def _compressed(path: Path) -> bool:
+    return path.suffix in _COMPRESSED
 
 
 def _split_files(root: Path, split: str) -> list[Path]:
-    files: list[Path] = []
-    for pattern in (f"{split}.*", f"{split}-*", f"{split}_*"):
-        files += [p for p in sorted(root.glob(pattern)) if p.is_file() and p.suffix in _EXTS and p not in files]
-    return files
+    for name in _SPLIT_NAMES.get(split, (split,)):
+        files: list[Path] = []
+        for pattern in (f"{name}.*", f"{name}-*", f"{name}_*", f"{name}/*"):
+            files += [p for p in sorted(root.glob(pattern)) if p.is_file() and _format(p) and p not in files]
+        if files:
+            return files
+    return []
 
 
 def _dir_files(root: Path, split: str, label: str) -> list[Path]:
     files = _split_files(root, split)
     if not files:
-        present = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+        present = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir() if not p.name.startswith("."))
+        names = _SPLIT_NAMES.get(split, (split,))
         raise FileNotFoundError(
-            f"{label!r}: no {split!r} file in {root} (looked for {split}.jsonl, {split}.json, {split}.txt "
-            f"and {split}-*.jsonl shards; found: {', '.join(present) or 'nothing'})"
+            f"{label!r}: no {split!r} file in {root} (looked for {' / '.join(names)} as <name>.jsonl, .json or "
+            f".txt, optionally .zst/.gz compressed, <name>-*.jsonl shards and a <name>/ folder of such files; "
+            f"found: {', '.join(present) or 'nothing'})"
         )
     return files
 
@@ -121,22 +147,39 @@ def _has_text(path: Path) -> bool:
     return False
 
 
-def _load_local_files(files: list[Path], streaming: bool, label: str):
+def _load_local_files(files: list[Path], streaming: bool, label: str, split: str = "train"):
     import datasets
 
-    builders = {_EXTS.get(p.suffix) for p in files}
+    builders = {_format(p) for p in files}
     if None in builders:
-        raise ValueError(f"{label!r}: unsupported file type; use .jsonl, .json or .txt ({[str(p) for p in files]})")
+        raise ValueError(f"{label!r}: unsupported file type; use .jsonl, .json or .txt, optionally compressed "
+                         f"(.zst, .gz, .bz2, .xz) ({[str(p) for p in files]})")
     if len(builders) > 1:
         raise ValueError(f"{label!r}: mixed .txt and .jsonl files for one split: {[p.name for p in files]}")
-    if not any(_has_text(p) for p in files):
-        raise ValueError(f"data set {label!r} is empty: {', '.join(str(p) for p in files)} hold no text")
-    files = [p for p in files if _has_text(p)]  # datasets' json reader chokes on empty files
+    compressed = any(_compressed(p) for p in files)
+    if compressed:
+        _require_decompressors(files, label)
+    else:
+        if not any(_has_text(p) for p in files):
+            raise ValueError(f"data set {label!r} is empty: {', '.join(str(p) for p in files)} hold no text")
+        files = [p for p in files if _has_text(p)]  # datasets' json reader chokes on empty files
     try:
-        return datasets.load_dataset(builders.pop(), data_files={"train": [str(p) for p in files]},
-                                     split="train", streaming=streaming)
+        # compressed files are streamed: decompressed as they are read, never unpacked to disk
+        # named after the split read, so that datasets' "Generating ... split" says which
+        return datasets.load_dataset(builders.pop(), data_files={split: [str(p) for p in files]},
+                                     split=split, streaming=streaming or compressed)
     except StopIteration as e:  # what datasets raises for a file with no records
         raise ValueError(f"data set {label!r} is empty") from e
+
+
+def _require_decompressors(files: list[Path], label: str) -> None:
+    """``datasets`` says only "Compression type zstd not supported" without ``zstandard``: name the package."""
+    if any(p.suffix == ".zst" for p in files):
+        try:
+            import zstandard  # noqa: F401 - only whether it is there
+        except ImportError:
+            raise ImportError(f"{label!r} holds zstd-compressed files ({files[0].name}); reading them needs the "
+                              "zstandard package: pip install zstandard (it is in mlsae's requirements.txt)") from None
 
 
 def _check(ds, source: str, split: str, text_field: str):
@@ -183,17 +226,17 @@ def _unavailable(name: str, config: str | None, split: str, why: str) -> DataUna
     import datasets.config
 
     hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface (HF_HOME not set)")
-    arg = f"{name!r}" + (f", {config!r}" if config else "")
+    names = _SPLIT_NAMES.get(split, (split,))
+    include = " ".join(f"--include '{n}.*' --include '{n}/*'" for n in names[:2])
     return DataUnavailableError(
-        f"cannot load the Hugging Face data set {name!r} (split {split!r}): {why}, and it is not in the "
-        f"local datasets cache (HF_HOME={hf_home}, HF_DATASETS_CACHE={datasets.config.HF_DATASETS_CACHE}). "
-        f"Streaming needs network. To use it offline, on a machine with network either run\n"
-        f"    python -c \"import datasets; datasets.load_dataset({arg}, split={split!r})\"\n"
-        f"and copy the datasets cache to this machine (set HF_DATASETS_CACHE to it and run with "
-        f"HF_HUB_OFFLINE=1), or fetch some of its files with\n"
-        f"    hf download {name} --repo-type dataset --include '<pattern>' --local-dir <dir>\n"
-        f"and pass a folder of <split>.jsonl/.txt files as the source. "
-        f"Or use the offline default: source='offline'."
+        f"cannot load the Hugging Face data set {name!r} (split {split!r}): {why}, and no copy of that split is "
+        f"on this machine (hub cache {hub.cache_dir()}, HF_HOME={hf_home}, prepared datasets cache "
+        f"HF_DATASETS_CACHE={datasets.config.HF_DATASETS_CACHE}). Streaming needs network. To use it offline, on "
+        f"a machine with network fetch the files of that split only, into the hub cache:\n"
+        f"    hf download {name} --repo-type dataset {include}\n"
+        f"(for the Pile's test split: hf download monology/pile-uncopyrighted --repo-type dataset --include "
+        f"'test.jsonl.zst'), copy the cache folder here and run with HF_HUB_OFFLINE=1; or add --local-dir <dir> "
+        f"and pass <dir> as the data source. Or use the offline default: source='offline'."
     )
 
 
@@ -202,6 +245,11 @@ def _load_hub(source: str, split: str, streaming: bool):
 
     name, _, config = source.partition(":")
     config = config or None
+    snapshot = hub.cached_snapshot(name, "dataset") if config is None else None
+    if snapshot is not None and _split_files(snapshot[0], split):
+        # the files people download (hf download), read in place: only this split's, streamed
+        files = _split_files(snapshot[0], split)
+        return _load_local_files(files, streaming=True, label=f"{source}@{snapshot[1][:12]} (hub cache)", split=split)
     offline = hub.offline_requested()
     why = "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set"
     if not offline:
@@ -212,8 +260,8 @@ def _load_hub(source: str, split: str, streaming: bool):
             offline, why = True, f"the Hub is unreachable ({detail})"
     if offline:
         try:
-            with _offline_mode():
-                ds = datasets.load_dataset(name, config, split=split)
+            with _offline_mode(), _quiet_datasets():
+                ds = datasets.load_dataset(name, config, split=split)  # a prepared datasets (Arrow) cache
         except Exception as e:  # noqa: BLE001 - any failure here means: not usable offline
             raise _unavailable(name, config, split, why) from e
         return ds.to_iterable_dataset() if streaming else ds
@@ -222,6 +270,20 @@ def _load_hub(source: str, split: str, streaming: bool):
         return datasets.load_dataset(name, config, split=split, streaming=True)
     except ConnectionError as e:
         raise _unavailable(name, config, split, f"the Hub did not answer ({e})") from e
+
+
+@contextmanager
+def _quiet_datasets():
+    """``datasets`` logs "Using the latest cached version of the dataset..." as a warning when it reads a
+    prepared cache offline (pink boxes in a notebook): expected here, so only errors pass for the call."""
+    from datasets.utils import logging as ds_logging
+
+    was = ds_logging.get_verbosity()
+    ds_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        ds_logging.set_verbosity(was)
 
 
 # ---- token batches ---------------------------------------------------------------------------

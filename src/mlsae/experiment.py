@@ -23,7 +23,7 @@ from mlsae.paths import mlsae_home, safe_name
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
-from mlsae.presets import HUB_DATA, NOTEBOOK_PRESETS
+from mlsae.presets import NOTEBOOK_PRESETS, default_data
 
 
 def _named_set(base: str, chosen, preset) -> str:
@@ -88,7 +88,7 @@ class Experiment:
         from mlsae.models import model_shape, resolve_model
 
         source = resolve_model(self.model)  # unknown names fail here, before any work
-        self.data = self.data or ("offline:micro" if self.model.startswith("micro-") else "offline" if source.kind == "zoo" else HUB_DATA)
+        self.data = self.data or default_data(self.model, source.kind)
         shape = model_shape(self.model)  # (n_layers, d_model) without loading weights, or None
         if shape is not None:
             n_layers, d_model = shape

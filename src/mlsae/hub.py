@@ -11,6 +11,7 @@ import os
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 # Seconds the reachability probe may take before the Hub counts as unreachable.
 PROBE_TIMEOUT_S = float(os.environ.get("MLSAE_HUB_PROBE_TIMEOUT", "4"))
@@ -30,6 +31,22 @@ def cache_dir() -> str:
     from huggingface_hub import constants
 
     return str(constants.HF_HUB_CACHE)
+
+
+def cached_commit(repo_id: str, repo_type: str = "model") -> str | None:
+    """The commit ``main`` points to in the local hub cache (``<type>s--org--name/refs/main``), or None."""
+    ref = Path(cache_dir()) / f"{repo_type}s--{repo_id.replace('/', '--')}" / "refs" / "main"
+    return ref.read_text().strip() if ref.is_file() else None
+
+
+def cached_snapshot(repo_id: str, repo_type: str = "model") -> tuple[Path, str] | None:
+    """The local snapshot folder that ``refs/main`` names, and its commit; None when there is none. Reads
+    only the cache's own layout (``refs/main`` -> ``snapshots/<commit>/``), so it never touches the network."""
+    commit = cached_commit(repo_id, repo_type)
+    if commit is None:
+        return None
+    folder = Path(cache_dir()) / f"{repo_type}s--{repo_id.replace('/', '--')}" / "snapshots" / commit
+    return (folder, commit) if folder.is_dir() else None
 
 
 def probe(api_path: str, timeout: float | None = None) -> tuple[str, str]:

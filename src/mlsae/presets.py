@@ -2,7 +2,7 @@
 and the offline corpus's ``default`` and ``micro``.
 
 :data:`TRAIN_PRESETS` are overrides of :class:`mlsae.train.TrainConfig` (what one SAE is trained
-with, the CLI's ``--preset``); :data:`NOTEBOOK_PRESETS` add what a notebook needs around it (the
+with, the CLI's ``--preset``; the data is not a preset's but the model's, :func:`default_data`); :data:`NOTEBOOK_PRESETS` add what a notebook needs around it (the
 model-size series, evaluation and analysis budgets, the sweep grid, the model families) and name
 the train preset they use, so a preset means the same in the CLI and the notebooks.
 """
@@ -25,11 +25,11 @@ CORPUS_PRESETS: dict[str, dict[str, int]] = {
 TRAIN_PRESETS: dict[str, dict] = {
     "paper": {},
     "default": dict(
-        expansion_factor=16, data="offline", seq_len=128, batch_size=32, max_tokens=1_000_000, lr=1e-3,
+        expansion_factor=16, seq_len=128, batch_size=32, max_tokens=1_000_000, lr=1e-3,
         dead_tokens=500_000, checkpoint_every=100, encoder_init="fit",
     ),
     "tiny": dict(
-        expansion_factor=8, data="offline:micro", seq_len=64, batch_size=8, max_tokens=40_000, lr=2e-3,
+        expansion_factor=8, seq_len=64, batch_size=8, max_tokens=40_000, lr=2e-3,
         dead_tokens=20_000, k_aux=32, checkpoint_every=20, log_every=5, encoder_init="fit", lens_tokens=40_000,
     ),
 }
@@ -66,3 +66,13 @@ NOTEBOOK_PRESETS: dict[str, dict] = {
     ),
 }
 HUB_DATA = "monology/pile-uncopyrighted"
+
+
+def default_data(model: str, kind: str) -> str:
+    """The text a model is trained and evaluated on when none is given: the same under every preset, in the
+    CLI and the notebooks. A zoo model gets the corpus it was trained on (``micro-*``: the micro corpus),
+    every other model (``kind`` from :func:`mlsae.models.resolve_model`: hub, local) the Pile; the
+    synthetic corpus for a hub model only when asked for (``data="offline"``)."""
+    if kind == "zoo":
+        return "offline:micro" if model.startswith("micro-") else "offline"
+    return HUB_DATA

@@ -36,7 +36,7 @@ from mlsae.lens_training import residual_lens_for
 from mlsae.models import load_model
 from mlsae.paths import atomic_dir, atomic_write_text, load_result, mlsae_home, run_lock, safe_name, save_result
 from mlsae.pipeline import sae_inputs
-from mlsae.presets import TRAIN_PRESETS
+from mlsae.presets import TRAIN_PRESETS, default_data
 from mlsae.progress import bar as progress_bar
 from mlsae.sae import MLSAE, SAEConfig
 from mlsae.seeding import seed_everything
@@ -91,6 +91,11 @@ class TrainConfig:
         for name in ("seq_len", "batch_size", "grad_accum", "max_tokens", "checkpoint_every", "log_every", "lens_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_tokens < self.tokens_per_step:  # one step is the least a run trains: never exceed a budget silently
+            raise ValueError(
+                f"max_tokens={self.max_tokens:,} is less than one training step ({self.batch_size} sequences x "
+                f"{self.seq_len} positions x grad_accum {self.grad_accum} = {self.tokens_per_step:,} tokens); lower "
+                f"batch_size or seq_len (e.g. --batch-size 8 --seq-len 256: 2,048-token steps) or raise max_tokens")
         if self.encoder_init not in ("unit", "fit"):
             raise ValueError(f"encoder_init must be 'unit' (the paper's) or 'fit', got {self.encoder_init!r}")
         if self.autocast not in DTYPES:
@@ -170,13 +175,18 @@ class TrainConfig:
 def config_from_preset(preset: str = "default", **overrides) -> TrainConfig:
     """A TrainConfig from a named preset, with explicit overrides applied on top.
 
-    A preset's ``seq_len`` longer than the model's context (GPT-2: 1024 positions, the ``paper``
+    Without ``data`` the model's own text (:func:`mlsae.presets.default_data`: the Pile for a hub model
+    under every preset). A preset's ``seq_len`` longer than the model's context (GPT-2: 1024 positions, the ``paper``
     preset: 2048) is shortened to the context; an explicit ``seq_len`` is kept (and checked by
     :func:`train_many` against the loaded model).
     """
     if preset not in TRAIN_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
     values = {**TRAIN_PRESETS[preset], "preset": preset, **overrides}
+    if overrides.get("data") is None and "model" in overrides:
+        from mlsae.models import resolve_model
+
+        values["data"] = default_data(overrides["model"], resolve_model(overrides["model"]).kind)
     if "seq_len" not in overrides and "model" in overrides:
         from mlsae.models import model_context
 
