@@ -107,3 +107,71 @@ def test_missing_pretrained_lens_fails_fast_with_instructions(tiny_model, monkey
     with pytest.raises(LensNotAvailableError, match="hf download"):
         load_pretrained_lens(tiny_model, "EleutherAI/pythia-70m-deduped")
     assert time.perf_counter() - start < 15
+
+
+# ---- the pretrained lens of a hub model, from the tuned-lens space in the hub cache --------------------
+
+
+@pytest.fixture
+def pythia_stand_in(tmp_path, empty_hf_cache, monkeypatch):
+    """A tiny GPT-NeoX as EleutherAI/pythia-70m-deduped in the hub cache, and the Pile stand-in for lens text."""
+    from conftest import make_tiny_tokenizer, put_in_hub_cache, save_tiny_model_dir, write_pile_layout
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MLSAE_HOME", str(tmp_path / "home"))
+    model_dir = save_tiny_model_dir(tmp_path / "neox", tokenizer=make_tiny_tokenizer())
+    put_in_hub_cache(empty_hf_cache, "EleutherAI/pythia-70m-deduped", model_dir)
+    return tmp_path, empty_hf_cache, write_pile_layout(tmp_path / "pile")
+
+
+def _put_pretrained_lens(cache, model, tmp_path) -> TunedLens:
+    """The tuned-lens space as `hf download AlignmentResearch/tuned-lens --repo-type space --include
+    'lens/EleutherAI/pythia-70m-deduped/*'` leaves it: lens/<hub id>/config.json and params.pt."""
+    from conftest import put_in_hub_cache
+
+    lens = _random_lens(model)
+    space = tmp_path / "space"
+    lens.save(space / "lens" / "EleutherAI" / "pythia-70m-deduped")
+    put_in_hub_cache(cache, "AlignmentResearch/tuned-lens", space, repo_type="space")
+    return lens
+
+
+def test_the_pretrained_lens_is_used_named_and_keyed(pythia_stand_in, capsys):
+    """On main 0d8e133 the provenance described a locally trained lens and the cache key did not identify
+    the pretrained one."""
+    from conftest import HUB_SHA
+    from mlsae.lens_training import lens_record, pretrained_lens_identity, residual_lens_for
+    from mlsae.models import load_model
+    from mlsae.train import TrainConfig
+
+    tmp_path, cache, pile = pythia_stand_in
+    model, tokenizer = load_model("pythia-70m")
+    cfg = TrainConfig(model="pythia-70m", data=str(pile), tuned_lens=True)
+    assert pretrained_lens_identity("pythia-70m") is None
+    key_without = cfg.cache_key()
+    lens = _put_pretrained_lens(cache, model, tmp_path)
+    identity = f"AlignmentResearch/tuned-lens@{HUB_SHA}:lens/EleutherAI/pythia-70m-deduped"
+    assert pretrained_lens_identity("pythia-70m") == identity
+    assert lens_record("pythia-70m", **cfg.lens_kwargs()) == {"source": "pretrained", "identity": identity}
+    assert cfg.cache_key() != key_without  # the lens is part of what the SAE was trained behind
+    assert cfg.cache_key() == TrainConfig(model="pythia-70m", data=str(pile), tuned_lens=True, lens_tokens=7).cache_key()
+    used = residual_lens_for("pythia-70m", model, tokenizer, **cfg.lens_kwargs(), progress=False)
+    expected = ResidualLens.from_tuned_lens(lens)
+    x = torch.randn(3, 5, 32)
+    assert torch.equal(used(x), expected(x))  # [layer, token, d]: the pretrained translators, exactly
+    assert not (tmp_path / "home" / "lenses").exists()  # nothing trained
+    assert "no pretrained tuned lens" not in capsys.readouterr().out
+
+
+def test_a_hub_model_without_its_pretrained_lens_says_so_before_training_one(pythia_stand_in, capsys):
+    from mlsae.lens_training import lens_record, residual_lens_for
+    from mlsae.models import load_model
+
+    tmp_path, cache, pile = pythia_stand_in
+    model, tokenizer = load_model("pythia-70m")
+    kwargs = dict(data=str(pile), seed=0, train_tokens=64)
+    residual_lens_for("pythia-70m", model, tokenizer, **kwargs, seq_len=16, batch_size=2, progress=False)
+    out = capsys.readouterr().out
+    assert "no pretrained tuned lens for EleutherAI/pythia-70m-deduped on this machine" in out
+    assert "hf download AlignmentResearch/tuned-lens --repo-type space --include 'lens/EleutherAI/pythia-70m-deduped/*'" in out
+    assert lens_record("pythia-70m", **kwargs)["source"] == "trained here"

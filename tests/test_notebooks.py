@@ -68,7 +68,7 @@ def test_the_honest_ratio_is_compared_in_03_07_and_12():
 
 
 NB03_DEFAULTS = dict(model=None, preset="default", expansion_factor=None, k=32, tuned_lens=False, models=None,
-                    train_tokens=None, analysis_tokens=None, seed=42, device="cpu")
+                    train_tokens=None, analysis_tokens=None, seq_len=None, batch_size=None, seed=42, device="cpu")
 
 
 def test_only_the_default_run_writes_the_committed_figures(monkeypatch):
@@ -138,8 +138,7 @@ def test_records_are_plain_json_and_a_name_is_one_quantity():
 
     assert records.to_json_value({"a": np.float32(0.5), "b": torch.tensor([1, 2]), "c": (np.int64(3), "x")}) == \
         {"a": 0.5, "b": [1, 2], "c": [3, "x"]}
-    with pytest.raises(ValueError, match="'ratio\\[zoo-s\\]': nan is not a finite number"):
-        records.to_json_value({"zoo-s": float("nan")}, "ratio")
+    assert records.to_json_value({"zoo-s": float("nan"), "zoo-m": np.inf}) == {"zoo-s": "nan", "zoo-m": "inf"}
     with pytest.raises(TypeError, match="cannot record a object"):
         records.to_json_value(object(), "x")
     out = {"output_type": "display_data", "data": {records.MIME: {"name": "x", "value": 1}}, "metadata": {}}

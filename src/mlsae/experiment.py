@@ -62,6 +62,8 @@ class Experiment:
     train_tokens: int | None = None
     eval_tokens: int | None = None
     analysis_tokens: int | None = None
+    seq_len: int | None = None  # positions per sequence (training and held-out text); None: the preset's, cut to the context
+    batch_size: int | None = None  # sequences per batch (training and held-out text); None: the presets'
     seed: int = 42
     device: str = "cpu"
     progress: bool = True
@@ -75,20 +77,26 @@ class Experiment:
         self.tuned_lens = typed_parameter("tuned_lens", self.tuned_lens, bool)
         self.seed = typed_parameter("seed", self.seed, int)
         self.device = typed_parameter("device", self.device, str)
-        for name in ("train_tokens", "eval_tokens", "analysis_tokens"):
+        for name in ("train_tokens", "eval_tokens", "analysis_tokens", "seq_len", "batch_size"):
             value = getattr(self, name)
             if value is not None and (typed_parameter(name, value, int) <= 0):
-                raise ValueError(f"{name} must be a positive number of tokens, got {value}")
+                raise ValueError(f"{name} must be a positive number, got {value}")
         self.eval_tokens = self.eval_tokens or p["eval_tokens"]
         self.analysis_tokens = self.analysis_tokens or p["analysis_tokens"]
         if self.expansion_factor <= 0:
             raise ValueError(f"expansion_factor must be positive, got {self.expansion_factor}")
         if self.k <= 0:
             raise ValueError(f"k must be positive, got {self.k}")
-        from mlsae.models import model_shape, resolve_model
+        from mlsae.models import model_context, model_shape, resolve_model
 
         source = resolve_model(self.model)  # unknown names fail here, before any work
         self.data = self.data or default_data(self.model, source.kind)
+        self._given_seq_len = self.seq_len  # what with_model passes on (another model has another context)
+        context = model_context(self.model)
+        if self.seq_len is None:
+            self.seq_len = min(p["seq_len"], context) if context else p["seq_len"]
+        elif context and self.seq_len > context:
+            raise ValueError(f"seq_len={self.seq_len} exceeds {self.model}'s context of {context} positions")
         shape = model_shape(self.model)  # (n_layers, d_model) without loading weights, or None
         if shape is not None:
             n_layers, d_model = shape
@@ -134,7 +142,7 @@ class Experiment:
     def with_model(self, model: str, **changes) -> "Experiment":
         """The same experiment for another model (or other changes), validated afresh."""
         keep = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-        keep.update(model=model, data=None if model != self.model else self.data, **changes)
+        keep.update(model=model, data=None if model != self.model else self.data, seq_len=self._given_seq_len, **changes)
         return Experiment(**keep)
 
     # ---- the pieces, built lazily and cached ------------------------------------------------
@@ -171,6 +179,10 @@ class Experiment:
         )
         if self.train_tokens:
             overrides["max_tokens"] = self.train_tokens
+        if self._given_seq_len is not None:
+            overrides["seq_len"] = self.seq_len
+        if self.batch_size is not None:
+            overrides["batch_size"] = self.batch_size
         return config_from_preset(self.settings["train"], **overrides)
 
     @cached_property
@@ -201,15 +213,12 @@ class Experiment:
 
         _, tokenizer = self.lm
         dataset = load_text(self.data, split=split, streaming=True)
-        return token_batches(dataset, tokenizer, self.seq_len, self.settings["batch_size"], max_tokens=tokens)
+        return token_batches(dataset, tokenizer, self.seq_len, self.eval_batch_size, max_tokens=tokens)
 
     @property
-    def seq_len(self) -> int:
-        """The preset's sequence length, shortened to the model's context (GPT-2: 1024)."""
-        from mlsae.models import model_context
-
-        context = model_context(self.model)
-        return min(self.settings["seq_len"], context) if context else self.settings["seq_len"]
+    def eval_batch_size(self) -> int:
+        """Sequences per batch of held-out text: ``batch_size`` when given, else the notebook preset's."""
+        return self.batch_size or self.settings["batch_size"]
 
     # ---- statistics, cached next to the SAE --------------------------------------------------
 
@@ -218,7 +227,7 @@ class Experiment:
         from mlsae.cache import data_identity
 
         return dict(tokens=tokens, data=data_identity(self.data), seq_len=self.seq_len,
-                    batch_size=self.settings["batch_size"])
+                    batch_size=self.eval_batch_size)
 
     def evaluate(self, downstream: bool = True, layers: list[int] | None = None):
         """Metrics on held-out text; ``layers`` applies the SAE elsewhere than where it was trained."""

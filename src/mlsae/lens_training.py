@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tuned_lens import TunedLens
 
+from mlsae import hub
 from mlsae.cache import cached, data_identity, model_identity, path_for
 from mlsae.lens import ResidualLens
+from mlsae.models import resolve_model
 from mlsae.paths import atomic_dir
 from mlsae.progress import bar
 from mlsae.seeding import seed_everything
@@ -136,6 +138,29 @@ def lens_fields(model_name: str, *, data: str, seed: int, train_tokens: int, seq
                 seq_len=seq_len, batch_size=batch_size)
 
 
+def pretrained_lens_identity(model_name: str) -> str | None:
+    """``AlignmentResearch/tuned-lens@<commit>:lens/<hub id>`` when the tuned-lens space's lens for this hub
+    model is in the local hub cache (``hf download ... --repo-type space``), else None. Reads the cache's own
+    layout only, so it is as cheap as :func:`mlsae.cache.model_identity` and never touches the network."""
+    source = resolve_model(model_name)
+    snapshot = hub.cached_snapshot(PRETRAINED_LENS_REPO, "space") if source.kind == "hub" else None
+    if snapshot is None:
+        return None
+    for repo_id in (source.repo_id_or_path, *source.aliases):
+        if all((snapshot[0] / "lens" / repo_id / name).is_file() for name in ("config.json", "params.pt")):
+            return f"{PRETRAINED_LENS_REPO}@{snapshot[1]}:lens/{repo_id}"
+    return None
+
+
+def lens_record(model_name: str, **lens_kwargs) -> dict:
+    """Which lens a run with these settings uses, for its provenance and cache key: the pretrained one with its
+    identity, or one trained here with what it was trained on (:func:`lens_fields`)."""
+    identity = pretrained_lens_identity(model_name)
+    if identity is not None:
+        return {"source": "pretrained", "identity": identity}
+    return {"source": "trained here", **lens_fields(model_name, **lens_kwargs)}
+
+
 def residual_lens_for(
     model_name: str,
     model: nn.Module,
@@ -148,26 +173,26 @@ def residual_lens_for(
     batch_size: int = 16,
     progress: bool = True,
 ) -> ResidualLens:
-    """The lens for ``model_name`` as a :class:`ResidualLens`: pretrained if one is on this machine,
-    else trained here once (on ``data``) and cached under ``$MLSAE_HOME/lenses`` (:mod:`mlsae.cache`: keyed
-    by the model's weights and the text, not their names).
-
-    Pythia models have pretrained lenses (``tuned-lens`` space); the offline zoo and any other
-    model get a lens trained by :func:`train_tuned_lens`.
+    """The lens for ``model_name`` as a :class:`ResidualLens`: the pretrained one (``tuned-lens`` space, Pythia
+    and GPT-2) whenever it is on this machine, else one trained here once (on ``data``) and cached under
+    ``$MLSAE_HOME/lenses`` (:mod:`mlsae.cache`: keyed by the model's weights and the text, not their names).
+    A hub model without a pretrained lens here says so before training one. :func:`lens_record` says which.
     """
     from mlsae.data import load_text, token_batches
     from mlsae.paths import mlsae_home, safe_name
 
+    identity = pretrained_lens_identity(model_name)
+    if identity is not None:
+        return ResidualLens.from_tuned_lens(load_pretrained_lens(model, identity.split(":lens/", 1)[1]))
     folder = mlsae_home() / "lenses" / safe_name(model_name)
     fields = lens_fields(model_name, data=data, seed=seed, train_tokens=train_tokens, seq_len=seq_len, batch_size=batch_size)
-    if not path_for(folder, "lens", fields).exists() and not Path(model_name).exists() \
-            and "/" in str(model.config.name_or_path) and not Path(model.config.name_or_path).exists():
-        try:
-            return ResidualLens.from_tuned_lens(load_pretrained_lens(model))
-        except LensNotAvailableError:
-            pass  # fall through to training our own
 
     def train_here() -> ResidualLens:
+        source = resolve_model(model_name)
+        if source.kind == "hub":
+            print(f"no pretrained tuned lens for {source.repo_id_or_path} on this machine (fetch it with: hf download "
+                  f"{PRETRAINED_LENS_REPO} --repo-type space --include 'lens/{source.repo_id_or_path}/*'); training "
+                  f"one here on {data} ({train_tokens:,} tokens), cached for later runs", flush=True)
         seed_everything(seed)
         batches = token_batches(load_text(data, split="train", streaming=True), tokenizer, seq_len, batch_size,
                                 max_tokens=train_tokens)

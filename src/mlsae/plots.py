@@ -142,7 +142,8 @@ def variance_comparison(summaries: dict[str, dict]) -> Figure:
     agg = [summaries[n]["aggregate_var"] for n in names]
     tok = [summaries[n]["token_var"] for n in names]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(1.5 + 1.3 * len(names), 3.2), constrained_layout=True)
+    # at least as wide as the legend: narrower, constrained_layout collapses the axes (and warns) for one model
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 1.3 * len(names)), 3.2), constrained_layout=True)
     ax.bar(x - 0.2, agg, 0.4, label="aggregated over tokens: E_j[Var(L | j)]")
     ax.bar(x + 0.2, tok, 0.4, label="single token: E_{t,j}[Var(L | t, j)]")
     for xi, a, t in zip(x, agg, tok):

@@ -24,8 +24,9 @@ JSONValue = Any  # None | bool | int | float | str | list[JSONValue] | dict[str,
 
 def to_json_value(value: Any, name: str = "value") -> JSONValue:
     """``value`` as plain JSON: numpy and torch scalars and arrays become numbers and (nested) lists, a
-    mapping a dict with string keys. NaN and infinities are refused: a key number that is not finite is a
-    bug to see at once, not a value to compare."""
+    mapping a dict with string keys. JSON has no NaN: a number that is not finite (the paper's estimator
+    with fewer tokens than one window) is recorded as the string ``"nan"``, ``"inf"`` or ``"-inf"``, so a
+    check compares it exactly and never mistakes it for a number."""
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy / torch, scalar or array
         value = value.tolist()
     if value is None or isinstance(value, (bool, str)):
@@ -34,9 +35,7 @@ def to_json_value(value: Any, name: str = "value") -> JSONValue:
         return int(value)
     if isinstance(value, Real):
         value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"record {name!r}: {value} is not a finite number; a key number must be finite")
-        return value
+        return value if math.isfinite(value) else str(value)
     if isinstance(value, Mapping):
         return {str(k): to_json_value(v, f"{name}[{k}]") for k, v in value.items()}
     if isinstance(value, Iterable) and not isinstance(value, bytes):

@@ -32,7 +32,7 @@ from mlsae import distributed
 from mlsae.activations import check_layers, check_seq_len, check_unique_layers, residual_batches
 from mlsae.data import load_text, token_batches
 from mlsae.lens import IDENTITY
-from mlsae.lens_training import residual_lens_for
+from mlsae.lens_training import lens_record, pretrained_lens_identity, residual_lens_for
 from mlsae.models import load_model
 from mlsae.paths import atomic_dir, atomic_write_text, load_result, mlsae_home, run_lock, safe_name, save_result
 from mlsae.pipeline import sae_inputs
@@ -166,6 +166,9 @@ class TrainConfig:
             d.pop(name)
         if not self.tuned_lens:
             d.pop("lens_tokens")
+        elif (lens := pretrained_lens_identity(self.model)) is not None:  # the pretrained lens, not a budget
+            d.pop("lens_tokens")
+            d["lens_identity"] = lens
         d.update(model_identity=model_identity(self.model), data_identity=data_identity(self.data))
         where = "all" if self.layers is None else "L" + "-".join(map(str, self.layers))
         lens = "-lens" if self.tuned_lens else ""
@@ -511,12 +514,10 @@ def provenance(cfg: TrainConfig, steps: int, tokens: int, metrics: list[dict], p
     enough for ``mlsae eval RUN_DIR`` and for a reader to know where it came from."""
     from mlsae import __version__
     from mlsae.cache import data_identity, model_identity
-    from mlsae.lens_training import lens_fields
-
     last = metrics[-1] if metrics else {}
     return {
         "model": cfg.model, "model_identity": model_identity(cfg.model), "layers": cfg.layers,
-        "tuned_lens": cfg.tuned_lens, "lens": lens_fields(cfg.model, **cfg.lens_kwargs()) if cfg.tuned_lens else None,
+        "tuned_lens": cfg.tuned_lens, "lens": lens_record(cfg.model, **cfg.lens_kwargs()) if cfg.tuned_lens else None,
         "data": cfg.data, "data_identity": data_identity(cfg.data), "split": "train", "preset": cfg.preset,
         "steps": steps, "tokens": tokens, "seq_len": cfg.seq_len, "seed": cfg.seed, "processes": processes,
         "metrics": {k: last[k] for k in ("loss", "fvu", "dead_fraction") if k in last},
