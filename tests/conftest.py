@@ -180,3 +180,30 @@ def write_pile_layout(root: Path, docs_per_file: int = 12, seed: int = 0) -> Pat
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
     return root
+
+
+def write_released_mlsae(path: Path, d: int = 16, m: int = 64, k: int = 4, last_nonzero: bool = True,
+                         decoder_shape=None) -> dict:
+    """An MLSAE in the authors' released layout (``tim-lawson/mlsae-*``, written by ``PyTorchModelHubMixin``):
+    ``config.json`` (``n_inputs``, ``n_latents``, ``k``, ``auxk``, ``dead_steps_threshold``, ``dead_threshold``,
+    ``standardize``), ``model.safetensors`` (``encoder.weight``, ``decoder.weight``, ``pre_encoder_bias``,
+    ``last_nonzero``) and a model card naming ``library_name: mlsae``. Returns the tensors."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    tensors = {
+        "encoder.weight": torch.randn(m, d),
+        "decoder.weight": torch.randn(*(decoder_shape or (d, m))),
+        "pre_encoder_bias": torch.randn(d),
+    }
+    if last_nonzero:
+        tensors["last_nonzero"] = torch.arange(m)
+    path.mkdir(parents=True)
+    save_file(tensors, str(path / "model.safetensors"))
+    config = dict(n_inputs=d, n_latents=m, k=k, dead_steps_threshold=76, dead_threshold=1e-3, auxk=None, standardize=True)
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "README.md").write_text("---\nlibrary_name: mlsae\ntags:\n- model_hub_mixin\n---\n")
+    return tensors

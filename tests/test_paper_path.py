@@ -89,3 +89,30 @@ def test_the_cli_trains_pythia_under_the_paper_preset_on_the_pile_with_and_witho
         assert not (hub_machine / "home" / "lenses").exists()  # the pretrained lens, nothing trained
     else:
         assert provenance["lens"] is None
+
+
+RELEASED = "tim-lawson/mlsae-pythia-70m-deduped-x2-k4"  # the authors' naming: model, R, k
+
+
+@pytest.mark.slow
+def test_a_released_mlsae_is_evaluated_and_analysed_in_a_notebook_without_training(hub_machine, empty_hf_cache, capsys):
+    """The authors' released layout from the hub cache: `mlsae eval` and notebook 04 (`-p pretrained_sae`, the
+    model named by the id). On main 0d8e133 no notebook could analyse a released MLSAE."""
+    from conftest import write_released_mlsae
+    from mlsae.__main__ import main
+
+    put_in_hub_cache(empty_hf_cache, RELEASED, (write_released_mlsae(hub_machine / "released", d=32, m=64, k=4)
+                                                and hub_machine / "released"))
+    assert main(["eval", "--sae", RELEASED, "--model", "pythia-70m", "--seq-len", "32", "--tokens", "256",
+                 "--batch-size", "4"]) == 0
+    assert f"no provenance: evaluating on {HUB_DATA} (test split) at 32 positions" in capsys.readouterr().out
+
+    params = {"pretrained_sae": RELEASED, "preset": "paper", "models": '["pythia-70m"]', "analysis_tokens": 4096,
+              "seq_len": 32, "batch_size": 4}
+    run = run_notebook(ROOT / "notebooks" / "04_layer_heatmaps.ipynb", hub_machine / "04.ipynb", params)
+    assert run.ok, run.error
+    records = _executed_cleanly(run.output)
+    assert records["latents_on_prompt"] > 0
+    saes = hub_machine / "home" / "saes"
+    assert not list(saes.glob("*/sae")), "nothing trained"
+    assert [p.name.split("-")[0] for p in saes.iterdir()] == ["pretrained"]

@@ -1,11 +1,9 @@
 """The MLSAE model: config, standardisation, init, constraints, loss, dead latents, checkpoints, training."""
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import save_file
 
+from conftest import write_released_mlsae
 from mlsae.sae import (
     MLSAE,
     SAEConfig,
@@ -263,26 +261,8 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded.reconstruct(x), sae.reconstruct(x))
 
 
-def _write_paper_layout(path, d=16, m=64, k=4, last_nonzero=True, decoder_shape=None):
-    torch.manual_seed(3)
-    tensors = {
-        "encoder.weight": torch.randn(m, d),
-        "decoder.weight": torch.randn(*(decoder_shape or (d, m))),
-        "pre_encoder_bias": torch.randn(d),
-    }
-    if last_nonzero:
-        tensors["last_nonzero"] = torch.arange(m)
-    path.mkdir()
-    save_file(tensors, str(path / "model.safetensors"))
-    config = dict(
-        n_inputs=d, n_latents=m, k=k, dead_steps_threshold=76, dead_threshold=1e-3, auxk=None, standardize=True
-    )
-    (path / "config.json").write_text(json.dumps(config))
-    return tensors
-
-
 def test_load_paper_layout(tmp_path):
-    tensors = _write_paper_layout(tmp_path / "hub")
+    tensors = write_released_mlsae(tmp_path / "hub")
     sae = MLSAE.from_pretrained(tmp_path / "hub")
     assert (sae.cfg.d_model, sae.cfg.n_latents, sae.cfg.k, sae.cfg.k_aux) == (16, 64, 4, 0)
     assert sae.cfg.dead_tokens == 76 * 64 * 2048  # steps of 64 x 2048-token sequences
@@ -292,14 +272,14 @@ def test_load_paper_layout(tmp_path):
     assert torch.equal(sae.tokens_since_fired, torch.arange(64) * 2048)
     assert sae.reconstruct(batch()).shape == (3, 40, 16)
 
-    _write_paper_layout(tmp_path / "no_counter", last_nonzero=False)
+    write_released_mlsae(tmp_path / "no_counter", last_nonzero=False)
     assert (MLSAE.from_pretrained(tmp_path / "no_counter").tokens_since_fired == 0).all()
 
 
 def test_load_errors_name_path_and_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         MLSAE.from_pretrained(tmp_path / "nowhere")
-    _write_paper_layout(tmp_path / "bad", decoder_shape=(64, 16))
+    write_released_mlsae(tmp_path / "bad", decoder_shape=(64, 16))
     with pytest.raises(ValueError, match=r"bad.*model.safetensors.*decoder.weight.*\(64, 16\)"):
         MLSAE.from_pretrained(tmp_path / "bad")
     small().save_pretrained(tmp_path / "ours")

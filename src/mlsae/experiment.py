@@ -26,6 +26,21 @@ IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 from mlsae.presets import NOTEBOOK_PRESETS, default_data
 
 
+def _model_of_sae(source: str, folder: Path) -> str:
+    """The model a pretrained SAE was trained on: its provenance's, else the registry name in its id
+    (``tim-lawson/mlsae-pythia-70m-deduped-x64-k32`` -> ``pythia-70m``)."""
+    from mlsae.models import REGISTRY
+    from mlsae.sae import read_provenance
+
+    if (model := read_provenance(folder).get("model")) is not None:
+        return model
+    named = [name for name, e in REGISTRY.items() if e.repo_id.split("/")[-1] in str(source)]
+    if not named:
+        raise ValueError(f"{source} does not say which model it was trained on (no provenance.json, no registry "
+                         "model in its name); pass -p model NAME")
+    return max(named, key=lambda n: len(REGISTRY[n].repo_id))  # pythia-1.4b-deduped, not pythia-1b...
+
+
 def _named_set(base: str, chosen, preset) -> str:
     """``base`` when ``chosen`` is the preset's set of models, else ``base`` plus a name for ``chosen``."""
     if chosen == preset:
@@ -67,10 +82,21 @@ class Experiment:
     seed: int = 42
     device: str = "cpu"
     progress: bool = True
+    pretrained_sae: str | None = None  # analyse this MLSAE (run folder, SAE folder, hub id) instead of training one
 
     def __post_init__(self):
         p = preset_settings(typed_parameter("preset", self.preset, str))
-        self.model = typed_parameter("model", self.model if self.model is not None else p["model"], str)
+        model = self.model
+        if self.pretrained_sae is not None:  # its shape, and its model when not given, before any work
+            from mlsae.sae import sae_folder, sae_shape
+
+            self._sae_folder = sae_folder(typed_parameter("pretrained_sae", self.pretrained_sae, str))
+            model = model or _model_of_sae(self.pretrained_sae, self._sae_folder)
+            d_model, n_latents, self.k = sae_shape(self._sae_folder)
+            if n_latents % d_model:
+                raise ValueError(f"{self.pretrained_sae}: {n_latents} latents is not a multiple of d_model {d_model}")
+            self.expansion_factor = n_latents // d_model
+        self.model = typed_parameter("model", model if model is not None else p["model"], str)
         ef = p["expansion_factor"] if self.expansion_factor is None else self.expansion_factor
         self.expansion_factor = typed_parameter("expansion_factor", ef, int)
         self.k = typed_parameter("k", self.k, int)
@@ -98,6 +124,9 @@ class Experiment:
         elif context and self.seq_len > context:
             raise ValueError(f"seq_len={self.seq_len} exceeds {self.model}'s context of {context} positions")
         shape = model_shape(self.model)  # (n_layers, d_model) without loading weights, or None
+        if shape is not None and self.pretrained_sae is not None and sae_shape(self._sae_folder)[0] != shape[1]:
+            raise ValueError(f"{self.pretrained_sae} reads {sae_shape(self._sae_folder)[0]}-dimensional vectors but "
+                             f"{self.model} has d_model {shape[1]}; pass the model it was trained on (-p model ...)")
         if shape is not None:
             n_layers, d_model = shape
             if self.k > self.expansion_factor * d_model:
@@ -142,7 +171,8 @@ class Experiment:
     def with_model(self, model: str, **changes) -> "Experiment":
         """The same experiment for another model (or other changes), validated afresh."""
         keep = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-        keep.update(model=model, data=None if model != self.model else self.data, seq_len=self._given_seq_len, **changes)
+        keep.update(model=model, data=None if model != self.model else self.data, seq_len=self._given_seq_len,
+                    pretrained_sae=self.pretrained_sae if model == self.model else None, **changes)
         return Experiment(**keep)
 
     # ---- the pieces, built lazily and cached ------------------------------------------------
@@ -187,22 +217,37 @@ class Experiment:
 
     @cached_property
     def sae(self):
+        """The SAE: ``pretrained_sae`` loaded, or trained (once, cached) from :meth:`train_config`."""
+        from mlsae.sae import MLSAE
         from mlsae.train import train_or_load
 
+        if self.pretrained_sae is not None:
+            return MLSAE.from_pretrained(self._sae_folder).eval()
         sae, _ = train_or_load(self.train_config(), progress=self.progress)
         return sae.eval()
 
     @property
     def out_dir(self) -> Path:
+        """Where this SAE's statistics are cached: its training run's folder, or for a pretrained SAE a folder
+        named after it and keyed by the contents of its files."""
+        if self.pretrained_sae is not None:
+            from mlsae.cache import data_identity
+
+            digest = data_identity(str(self._sae_folder)).partition(":")[2]
+            return mlsae_home() / "saes" / f"pretrained-{safe_name(self.pretrained_sae)}-{digest}"
         return mlsae_home() / "saes" / self.train_config().cache_key()
 
     def train_summary(self) -> dict:
         """Steps, tokens and wall-clock seconds of the training run that produced the cached SAE."""
+        if self.pretrained_sae is not None:
+            return {}
         self.sae  # noqa: B018 - make sure it exists
         path = self.out_dir / "train_summary.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
     def training_log(self) -> list[dict]:
+        if self.pretrained_sae is not None:
+            return []
         self.sae  # noqa: B018 - make sure it exists
         path = self.out_dir / "metrics.jsonl"
         return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []

@@ -242,14 +242,12 @@ def model_context(name: str) -> int | None:
 
 
 def model_shape(name: str) -> tuple[int, int] | None:
-    """(n_layers, d_model) without loading weights or touching the network; ``None`` if unknown here."""
+    """(n_layers, d_model) without loading weights or touching the network; ``None`` if unknown here. A hub
+    model's cached ``config.json`` is what will be loaded, so it is read first; the registry's shape else."""
     src = resolve_model(name)
-    if src.shape is not None:
-        return src.shape
-    if src.kind == "hub":
-        cached = _cached_snapshot(src)
-        return _config_shape(cached) if cached is not None else None
-    return None
+    if src.kind == "hub" and (cached := _cached_snapshot(src)) is not None:
+        return _config_shape(cached)
+    return src.shape
 
 
 # ---- the Hugging Face cache -----------------------------------------------------------------

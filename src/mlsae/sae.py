@@ -434,6 +434,27 @@ def read_provenance(path: str | Path) -> dict:
     return json.loads(file.read_text()) if file.is_file() else {}
 
 
+def sae_folder(source: str | Path) -> Path:
+    """The folder of the MLSAE that ``source`` names: a training run (its ``sae/``), an SAE folder (ours or a
+    released one) or a hub id in the local cache; fails at once, naming what is missing."""
+    folder = _local_or_hub(source)
+    if (folder / "sae" / CONFIG_FILE).is_file():
+        folder = folder / "sae"
+    if not (folder / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{source}: no MLSAE there (no {CONFIG_FILE} in {folder}); give a run folder, an "
+                                "SAE folder (config.json + model.safetensors) or a hub id such as "
+                                "tim-lawson/mlsae-pythia-70m-deduped-x64-k32")
+    return folder
+
+
+def sae_shape(folder: Path) -> tuple[int, int, int]:
+    """``(d_model, n_latents, k)`` from an SAE folder's config.json (ours or the released layout), without
+    loading its weights."""
+    raw = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    d_model = raw["n_inputs"] if "n_inputs" in raw else raw["d_model"]
+    return int(d_model), int(raw["n_latents"]), int(raw["k"])
+
+
 def _local_or_hub(path: str | Path) -> Path:
     """A local folder, or the snapshot of hub repo ``path`` (cache first; download unless offline)."""
     local = Path(path).expanduser()
