@@ -172,7 +172,8 @@ class Experiment:
         """The same experiment for another model (or other changes), validated afresh."""
         keep = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         keep.update(model=model, data=None if model != self.model else self.data, seq_len=self._given_seq_len,
-                    pretrained_sae=self.pretrained_sae if model == self.model else None, **changes)
+                    pretrained_sae=self.pretrained_sae if model == self.model else None)
+        keep.update(changes)
         return Experiment(**keep)
 
     # ---- the pieces, built lazily and cached ------------------------------------------------
