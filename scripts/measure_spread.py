@@ -33,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the reference tooling is test code
 
-from notebook_references import (CI_PARAMETERS, REFERENCES, execute, notebook_paths, read_reference,  # noqa: E402
-                                 reference_path, write_reference)
+from notebook_references import (CI_PARAMETERS, REFERENCES, execute, leaves, notebook_paths,  # noqa: E402
+                                 read_reference, reference_path, write_reference)
 
 SPREAD = REFERENCES / "spread"
 
@@ -68,17 +68,6 @@ def run(label: str, env: list[str], only: list[str]) -> int:
     return 1 if result["failures"] else 0
 
 
-def _numbers(value):
-    if isinstance(value, dict):
-        for v in value.values():
-            yield from _numbers(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _numbers(v)
-    else:
-        yield value
-
-
 def _round_up(x: float) -> float:
     """``x`` rounded up to two significant digits (a tolerance a reviewer can read)."""
     if x <= 0:
@@ -100,7 +89,7 @@ def table(multiple: float, rel_floor: float, write: bool) -> int:
             print(f"| {path.stem[:2]} | (no reference) | | | | | |")
             continue
         for name, spec in reference["quantities"].items():
-            expected = list(_numbers(spec["value"]))
+            expected = [v for _, v in leaves(spec["value"])]
             numeric = all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in expected)
             deviation, relative, seen = 0.0, 0.0, 0
             for r in runs:
@@ -108,7 +97,7 @@ def table(multiple: float, rel_floor: float, write: bool) -> int:
                 if got is None:
                     continue
                 seen += 1
-                got = list(_numbers(got))
+                got = [v for _, v in leaves(got)]
                 if not numeric:
                     deviation = max(deviation, float(got != expected))
                     continue

@@ -136,14 +136,14 @@ def describe_tolerance(tolerance) -> str:
     return " or ".join(f"{k} {v:g}" for k, v in tolerance.items())
 
 
-def _leaves(value, prefix: str = ""):
+def leaves(value, prefix: str = ""):
     """(path, leaf) pairs of a JSON value, e.g. ('[zoo-s]', 1.2) or ('[0]', 3)."""
     if isinstance(value, dict):
         for k, v in value.items():
-            yield from _leaves(v, f"{prefix}[{k}]")
+            yield from leaves(v, f"{prefix}[{k}]")
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            yield from _leaves(v, f"{prefix}[{i}]")
+            yield from leaves(v, f"{prefix}[{i}]")
     else:
         yield prefix, value
 
@@ -176,7 +176,7 @@ def compare(records: dict[str, Any], reference: dict) -> list[str]:
             problems.append(f"{name}: value {json.dumps(got)} has another structure than the reference "
                             f"{json.dumps(expected)}")
             continue
-        for (where, g), (_, e) in zip(_leaves(got), _leaves(expected)):
+        for (where, g), (_, e) in zip(leaves(got), leaves(expected)):
             numeric = isinstance(e, (int, float)) and not isinstance(e, bool)
             if numeric and tolerance != "exact":
                 bound = _bound(e, tolerance)

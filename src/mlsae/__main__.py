@@ -118,13 +118,14 @@ def _eval(args) -> int:
     from mlsae.lens_training import residual_lens_for
     from mlsae.metrics import evaluate
     from mlsae.models import load_model
-    from mlsae.sae import MLSAE, read_provenance
+    from mlsae.sae import MLSAE, read_provenance, sae_folder
 
     if (args.run is None) == (args.sae is None):
         raise ValueError("give the run folder (mlsae eval RUN_DIR) or --sae FOLDER, one of the two")
-    where = args.sae or (args.run / "sae" if (args.run / "sae").is_dir() else args.run)
-    sae = MLSAE.from_pretrained(where).to(args.device)  # a missing or torn SAE fails before the model loads
-    saved = read_provenance(where) if Path(where).is_dir() else {}
+    where = args.sae or args.run
+    folder = sae_folder(where)  # a run's sae/, an SAE folder or a hub id in the cache
+    sae = MLSAE.from_pretrained(folder).to(args.device)  # a missing or torn SAE fails before the model loads
+    saved = read_provenance(folder)
     model_name = args.model or saved.get("model")
     if model_name is None:
         raise ValueError(f"{where} has no provenance.json saying which model it was trained on; pass --model")
@@ -132,12 +133,9 @@ def _eval(args) -> int:
         cfg = TrainConfig(**{**saved["train_config"], "model": model_name, "device": "cpu",
                              **({"data": args.data} if args.data else {})})
     else:  # a released SAE, or one without provenance: the model's own text and context, said out loud
-        from mlsae.models import model_context, resolve_model
-        from mlsae.presets import default_data
+        from mlsae.train import config_from_preset
 
-        context = model_context(model_name)
-        cfg = TrainConfig(model=model_name, data=args.data or default_data(model_name, resolve_model(model_name).kind),
-                          seq_len=min(TrainConfig.seq_len, context) if context else TrainConfig.seq_len)
+        cfg = config_from_preset("paper", model=model_name, data=args.data)
         print(f"{where} has no provenance: evaluating on {cfg.data} (test split) at {args.seq_len or cfg.seq_len} "
               "positions (--data and --seq-len choose others)", flush=True)
     tuned_lens = saved.get("tuned_lens", False) if args.tuned_lens is None else args.tuned_lens

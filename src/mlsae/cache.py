@@ -72,8 +72,7 @@ def data_identity(source: str) -> str:
         return f"local:{_files_digest(files, path if path.is_dir() else path.parent)}"
     # a hub data set: its revision in the local hub cache (what is read offline), else the name alone (a
     # prepared datasets cache, or streaming from the Hub's main)
-    name, _, config = source.partition(":")
-    commit = cached_commit(name, "dataset")
+    commit = cached_commit(source.partition(":")[0], "dataset")
     return f"hub:{source}" + (f"@{commit}" if commit else "")
 
 

@@ -246,9 +246,8 @@ def _load_hub(source: str, split: str, streaming: bool):
     name, _, config = source.partition(":")
     config = config or None
     snapshot = hub.cached_snapshot(name, "dataset") if config is None else None
-    if snapshot is not None and _split_files(snapshot[0], split):
-        # the files people download (hf download), read in place: only this split's, streamed
-        files = _split_files(snapshot[0], split)
+    files = _split_files(snapshot[0], split) if snapshot is not None else []
+    if files:  # the files people download (hf download), read in place: only this split's, streamed
         return _load_local_files(files, streaming=True, label=f"{source}@{snapshot[1][:12]} (hub cache)", split=split)
     offline = hub.offline_requested()
     why = "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set"

@@ -86,16 +86,16 @@ class Experiment:
 
     def __post_init__(self):
         p = preset_settings(typed_parameter("preset", self.preset, str))
-        model = self.model
+        model, sae_d_model = self.model, None
         if self.pretrained_sae is not None:  # its shape, and its model when not given, before any work
             from mlsae.sae import sae_folder, sae_shape
 
             self._sae_folder = sae_folder(typed_parameter("pretrained_sae", self.pretrained_sae, str))
             model = model or _model_of_sae(self.pretrained_sae, self._sae_folder)
-            d_model, n_latents, self.k = sae_shape(self._sae_folder)
-            if n_latents % d_model:
-                raise ValueError(f"{self.pretrained_sae}: {n_latents} latents is not a multiple of d_model {d_model}")
-            self.expansion_factor = n_latents // d_model
+            sae_d_model, n_latents, self.k = sae_shape(self._sae_folder)
+            if n_latents % sae_d_model:
+                raise ValueError(f"{self.pretrained_sae}: {n_latents} latents is not a multiple of d_model {sae_d_model}")
+            self.expansion_factor = n_latents // sae_d_model
         self.model = typed_parameter("model", model if model is not None else p["model"], str)
         ef = p["expansion_factor"] if self.expansion_factor is None else self.expansion_factor
         self.expansion_factor = typed_parameter("expansion_factor", ef, int)
@@ -124,8 +124,8 @@ class Experiment:
         elif context and self.seq_len > context:
             raise ValueError(f"seq_len={self.seq_len} exceeds {self.model}'s context of {context} positions")
         shape = model_shape(self.model)  # (n_layers, d_model) without loading weights, or None
-        if shape is not None and self.pretrained_sae is not None and sae_shape(self._sae_folder)[0] != shape[1]:
-            raise ValueError(f"{self.pretrained_sae} reads {sae_shape(self._sae_folder)[0]}-dimensional vectors but "
+        if shape is not None and sae_d_model is not None and sae_d_model != shape[1]:
+            raise ValueError(f"{self.pretrained_sae} reads {sae_d_model}-dimensional vectors but "
                              f"{self.model} has d_model {shape[1]}; pass the model it was trained on (-p model ...)")
         if shape is not None:
             n_layers, d_model = shape

@@ -33,9 +33,14 @@ def cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
+def _repo_dir(repo_id: str, repo_type: str) -> Path:
+    """A repository's folder in the hub cache, as ``huggingface_hub`` names it (``<type>s--org--name``)."""
+    return Path(cache_dir()) / f"{repo_type}s--{repo_id.replace('/', '--')}"
+
+
 def cached_commit(repo_id: str, repo_type: str = "model") -> str | None:
     """The commit ``main`` points to in the local hub cache (``<type>s--org--name/refs/main``), or None."""
-    ref = Path(cache_dir()) / f"{repo_type}s--{repo_id.replace('/', '--')}" / "refs" / "main"
+    ref = _repo_dir(repo_id, repo_type) / "refs" / "main"
     return ref.read_text().strip() if ref.is_file() else None
 
 
@@ -45,7 +50,7 @@ def cached_snapshot(repo_id: str, repo_type: str = "model") -> tuple[Path, str] 
     commit = cached_commit(repo_id, repo_type)
     if commit is None:
         return None
-    folder = Path(cache_dir()) / f"{repo_type}s--{repo_id.replace('/', '--')}" / "snapshots" / commit
+    folder = _repo_dir(repo_id, repo_type) / "snapshots" / commit
     return (folder, commit) if folder.is_dir() else None
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from tuned_lens import TunedLens
 
 from mlsae import hub
-from mlsae.cache import cached, data_identity, model_identity, path_for
+from mlsae.cache import cached, data_identity, model_identity
 from mlsae.lens import ResidualLens
 from mlsae.models import resolve_model
 from mlsae.paths import atomic_dir
@@ -138,18 +138,26 @@ def lens_fields(model_name: str, *, data: str, seed: int, train_tokens: int, seq
                 seq_len=seq_len, batch_size=batch_size)
 
 
-def pretrained_lens_identity(model_name: str) -> str | None:
-    """``AlignmentResearch/tuned-lens@<commit>:lens/<hub id>`` when the tuned-lens space's lens for this hub
-    model is in the local hub cache (``hf download ... --repo-type space``), else None. Reads the cache's own
-    layout only, so it is as cheap as :func:`mlsae.cache.model_identity` and never touches the network."""
+def _pretrained_lens(model_name: str) -> tuple[Path, str] | None:
+    """The folder of the tuned-lens space's lens for this hub model in the local hub cache (``hf download
+    ... --repo-type space``) and its identity ``AlignmentResearch/tuned-lens@<commit>:lens/<hub id>``, or None.
+    Reads the cache's own layout only, so it is as cheap as :func:`mlsae.cache.model_identity` and never
+    touches the network."""
     source = resolve_model(model_name)
     snapshot = hub.cached_snapshot(PRETRAINED_LENS_REPO, "space") if source.kind == "hub" else None
     if snapshot is None:
         return None
     for repo_id in (source.repo_id_or_path, *source.aliases):
-        if all((snapshot[0] / "lens" / repo_id / name).is_file() for name in ("config.json", "params.pt")):
-            return f"{PRETRAINED_LENS_REPO}@{snapshot[1]}:lens/{repo_id}"
+        folder = snapshot[0] / "lens" / repo_id
+        if all((folder / name).is_file() for name in ("config.json", "params.pt")):
+            return folder, f"{PRETRAINED_LENS_REPO}@{snapshot[1]}:lens/{repo_id}"
     return None
+
+
+def pretrained_lens_identity(model_name: str) -> str | None:
+    """What names the pretrained lens a run with this model uses (:func:`_pretrained_lens`), or None."""
+    found = _pretrained_lens(model_name)
+    return found[1] if found else None
 
 
 def lens_record(model_name: str, **lens_kwargs) -> dict:
@@ -181,9 +189,9 @@ def residual_lens_for(
     from mlsae.data import load_text, token_batches
     from mlsae.paths import mlsae_home, safe_name
 
-    identity = pretrained_lens_identity(model_name)
-    if identity is not None:
-        return ResidualLens.from_tuned_lens(load_pretrained_lens(model, identity.split(":lens/", 1)[1]))
+    pretrained = _pretrained_lens(model_name)
+    if pretrained is not None:
+        return ResidualLens.from_tuned_lens(load_pretrained_lens(model, str(pretrained[0])))
     folder = mlsae_home() / "lenses" / safe_name(model_name)
     fields = lens_fields(model_name, data=data, seed=seed, train_tokens=train_tokens, seq_len=seq_len, batch_size=batch_size)
 

@@ -2,9 +2,10 @@
 and the offline corpus's ``default`` and ``micro``.
 
 :data:`TRAIN_PRESETS` are overrides of :class:`mlsae.train.TrainConfig` (what one SAE is trained
-with, the CLI's ``--preset``; the data is not a preset's but the model's, :func:`default_data`); :data:`NOTEBOOK_PRESETS` add what a notebook needs around it (the
-model-size series, evaluation and analysis budgets, the sweep grid, the model families) and name
-the train preset they use, so a preset means the same in the CLI and the notebooks.
+with, the CLI's ``--preset``; the data is not a preset's but the model's, :func:`default_data`);
+:data:`NOTEBOOK_PRESETS` add what a notebook needs around it (the model-size series, evaluation and
+analysis budgets, the sweep grid, the model families) and name the train preset they use, so a preset
+means the same in the CLI and the notebooks.
 """
 
 from __future__ import annotations

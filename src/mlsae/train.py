@@ -514,6 +514,7 @@ def provenance(cfg: TrainConfig, steps: int, tokens: int, metrics: list[dict], p
     enough for ``mlsae eval RUN_DIR`` and for a reader to know where it came from."""
     from mlsae import __version__
     from mlsae.cache import data_identity, model_identity
+
     last = metrics[-1] if metrics else {}
     return {
         "model": cfg.model, "model_identity": model_identity(cfg.model), "layers": cfg.layers,
