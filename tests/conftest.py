@@ -70,6 +70,40 @@ def save_tiny_model_dir(path: Path, model=None, tokenizer=None) -> Path:
     return path
 
 
+def save_pythia_as_released(path: Path, model, tokenizer) -> Path:
+    """``model`` (a GPT-NeoX) in the form the Pythia repositories hold it: the ``config.json`` written by
+    transformers 4.24 (``rotary_pct``, ``rotary_emb_base``, ``use_parallel_residual``, ``torch_dtype: float16``;
+    no ``rope_parameters``), fp16 weights, and the attention buffers old checkpoints persisted
+    (``attention.bias``, ``attention.masked_bias``, ``attention.rotary_emb.inv_freq``)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    c = model.config
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(path)
+    rope = c.rope_parameters
+    (path / "config.json").write_text(json.dumps({
+        "architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "gelu",
+        "hidden_size": c.hidden_size, "initializer_range": 0.02, "intermediate_size": c.intermediate_size,
+        "layer_norm_eps": 1e-05, "max_position_embeddings": c.max_position_embeddings, "model_type": "gpt_neox",
+        "num_attention_heads": c.num_attention_heads, "num_hidden_layers": c.num_hidden_layers,
+        "rotary_emb_base": rope["rope_theta"], "rotary_pct": rope["partial_rotary_factor"],
+        "tie_word_embeddings": False, "torch_dtype": "float16", "transformers_version": "4.24.0", "use_cache": True,
+        "use_parallel_residual": True, "vocab_size": c.vocab_size}, indent=2))
+    state = {name: t.detach().to(torch.float16).contiguous() for name, t in model.state_dict().items()}
+    n, head = c.max_position_embeddings, c.hidden_size // c.num_attention_heads
+    rotary = int(head * rope["partial_rotary_factor"])
+    for i in range(c.num_hidden_layers):
+        prefix = f"gpt_neox.layers.{i}.attention."
+        state[prefix + "bias"] = torch.tril(torch.ones(n, n, dtype=torch.bool)).view(1, 1, n, n)
+        state[prefix + "masked_bias"] = torch.tensor(-1e9)
+        state[prefix + "rotary_emb.inv_freq"] = 1.0 / rope["rope_theta"] ** (torch.arange(0, rotary, 2).float() / rotary)
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A save_pretrained folder with a random tiny GPT-NeoX and a word-level tokenizer."""
@@ -183,11 +217,17 @@ def write_pile_layout(root: Path, docs_per_file: int = 12, seed: int = 0) -> Pat
 
 
 def write_released_mlsae(path: Path, d: int = 16, m: int = 64, k: int = 4, last_nonzero: bool = True,
-                         decoder_shape=None) -> dict:
+                         decoder_shape=None, tfm: str | None = None, tuned_lens: bool = False) -> dict:
     """An MLSAE in the authors' released layout (``tim-lawson/mlsae-*``, written by ``PyTorchModelHubMixin``):
     ``config.json`` (``n_inputs``, ``n_latents``, ``k``, ``auxk``, ``dead_steps_threshold``, ``dead_threshold``,
     ``standardize``), ``model.safetensors`` (``encoder.weight``, ``decoder.weight``, ``pre_encoder_bias``,
-    ``last_nonzero``) and a model card naming ``library_name: mlsae``. Returns the tensors."""
+    ``last_nonzero``) and a model card naming ``library_name: mlsae``. Returns the SAE's tensors.
+
+    ``tfm="EleutherAI/pythia-70m-deduped"`` writes a ``-tfm`` checkpoint instead (their Lightning
+    ``MLSAETransformer``): its ``__init__`` arguments as the config (``model_name``, ``expansion_factor``, ``k``,
+    ``auxk``, ``dead_tokens_threshold``, ``max_length``, ``batch_size``, ``accumulate_grad_batches``,
+    ``tuned_lens``, ...) and the whole module's state: the SAE under ``autoencoder.``, the transformer's
+    weights under ``transformer.model.`` (a stand-in tensor here) and its lens under ``lens.`` when it had one."""
     import json
 
     import torch
@@ -202,8 +242,20 @@ def write_released_mlsae(path: Path, d: int = 16, m: int = 64, k: int = 4, last_
     if last_nonzero:
         tensors["last_nonzero"] = torch.arange(m)
     path.mkdir(parents=True)
-    save_file(tensors, str(path / "model.safetensors"))
-    config = dict(n_inputs=d, n_latents=m, k=k, dead_steps_threshold=76, dead_threshold=1e-3, auxk=None, standardize=True)
+    if tfm is None:
+        save_file(tensors, str(path / "model.safetensors"))
+        config = dict(n_inputs=d, n_latents=m, k=k, dead_steps_threshold=76, dead_threshold=1e-3, auxk=None,
+                      standardize=True)
+    else:
+        state = {f"autoencoder.{name}": t for name, t in tensors.items()}
+        state["transformer.model.gpt_neox.embed_in.weight"] = torch.randn(64, d)
+        if tuned_lens:
+            state["lens.layer_translators.0.weight"] = torch.zeros(d, d)
+        save_file(state, str(path / "model.safetensors"))
+        config = dict(model_name=tfm, layers=None, expansion_factor=m // d, k=k, auxk=256, auxk_coef=1 / 32,
+                      dead_tokens_threshold=10_000_000, dead_threshold=1e-3, lr=1e-4, standardize=True,
+                      skip_special_tokens=True, max_length=2048, batch_size=1, accumulate_grad_batches=64,
+                      tuned_lens=tuned_lens)
     (path / "config.json").write_text(json.dumps(config))
     (path / "README.md").write_text("---\nlibrary_name: mlsae\ntags:\n- model_hub_mixin\n---\n")
     return tensors

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
-from conftest import (HUB_SHA, make_tiny_tokenizer, put_in_hub_cache, save_tiny_model_dir, write_pile_layout)
+from conftest import (HUB_SHA, make_tiny_neox, make_tiny_tokenizer, put_in_hub_cache, save_pythia_as_released,
+                      save_tiny_model_dir, write_pile_layout, write_released_mlsae)
 from mlsae.notebooks import run_notebook
 from mlsae.presets import HUB_DATA
 
@@ -34,7 +36,8 @@ def hub_machine(tmp_path, empty_hf_cache, monkeypatch):
     monkeypatch.setenv("MLSAE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLSAE_FIGURES", str(tmp_path / "figures"))
     tok = make_tiny_tokenizer()
-    put_in_hub_cache(empty_hf_cache, "EleutherAI/pythia-70m-deduped", save_tiny_model_dir(tmp_path / "neox", tokenizer=tok))
+    pythia = save_pythia_as_released(tmp_path / "neox", make_tiny_neox(vocab_size=len(tok)), tok)
+    put_in_hub_cache(empty_hf_cache, "EleutherAI/pythia-70m-deduped", pythia)
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64,
                                       bos_token_id=0, eos_token_id=0))  # the tokenizer's <|endoftext|>
     put_in_hub_cache(empty_hf_cache, "openai-community/gpt2", save_tiny_model_dir(tmp_path / "gpt2", gpt2, tok))
@@ -45,6 +48,56 @@ def hub_machine(tmp_path, empty_hf_cache, monkeypatch):
     TunedLens.from_model(model).save(space / "lens" / "EleutherAI" / "pythia-70m-deduped")
     put_in_hub_cache(empty_hf_cache, "AlignmentResearch/tuned-lens", space, repo_type="space")
     return tmp_path
+
+
+def test_pythia_as_its_repository_holds_it_loads_with_its_old_config_keys(hub_machine, capfd):
+    """The Pythia repositories' config.json predates ``rope_parameters`` (``rotary_pct``, ``rotary_emb_base``), the
+    weights are fp16 and carry attention buffers that today's GPT-NeoX no longer has: the model loads in fp32 with
+    the same rotary settings, computes what the fp16 weights compute, and says nothing about unused weights."""
+    from mlsae.models import load_model
+
+    model, tokenizer = load_model("pythia-70m")
+    assert capfd.readouterr().err == ""
+    rope = model.config.rope_parameters
+    assert (rope["partial_rotary_factor"], rope["rope_theta"]) == (0.25, 10000)
+    assert model.dtype == torch.float32 and model.config.use_parallel_residual
+    reference = make_tiny_neox(vocab_size=len(tokenizer))  # the same random weights, rounded as the file holds them
+    reference.load_state_dict({k: v.half().float() for k, v in reference.state_dict().items()})
+    ids = torch.randint(0, len(tokenizer), (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=0, atol=1e-5)
+
+
+TFM = "tim-lawson/mlsae-pythia-70m-deduped-x2-k4-lens-tfm"  # an MLSAETransformer checkpoint, trained through the lens
+
+
+def test_a_released_tfm_checkpoint_names_its_model_and_lens_and_loads_only_its_sae(hub_machine, empty_hf_cache, capsys):
+    """The authors' ``-tfm`` checkpoints (their Lightning module, transformer included): the SAE is read from the
+    ``autoencoder.`` tensors, the model from ``model_name``, the lens from ``tuned_lens``; a notebook analyses it
+    through the pretrained lens, and `mlsae eval` needs no --model. Unsupported on main 0d8e133."""
+    from mlsae.__main__ import main
+    from mlsae.experiment import Experiment
+
+    tensors = write_released_mlsae(hub_machine / "tfm", d=32, m=64, k=4, last_nonzero=False,
+                                   tfm="EleutherAI/pythia-70m-deduped", tuned_lens=True)
+    put_in_hub_cache(empty_hf_cache, TFM, hub_machine / "tfm")
+    exp = Experiment(pretrained_sae=TFM, preset="paper", seq_len=32, batch_size=4, progress=False)
+    assert (exp.model, exp.tuned_lens, exp.expansion_factor, exp.k) == ("pythia-70m", True, 2, 4)
+    sae = exp.sae
+    assert (sae.cfg.d_model, sae.cfg.n_latents, sae.cfg.k_aux, sae.cfg.dead_tokens) == (32, 64, 256, 10_000_000)
+    assert torch.equal(sae.W_enc, tensors["encoder.weight"]) and torch.equal(sae.b_pre, tensors["pre_encoder_bias"])
+    from mlsae.studies import reconstruction_table  # notebook 02's table: the pretrained SAE's one row, nothing trained
+
+    rows = reconstruction_table(exp, [exp.model])
+    assert [(r["model"], r["tuned lens"]) for r in rows] == [("pythia-70m", True)]
+    assert not list((hub_machine / "home" / "saes").glob("*/sae"))
+    with pytest.raises(ValueError, match="plain residual stream.*drop tuned_lens=True"):
+        put_in_hub_cache(empty_hf_cache, RELEASED, (write_released_mlsae(hub_machine / "plain", d=32, m=64, k=4)
+                                                    and hub_machine / "plain"))
+        Experiment(pretrained_sae=RELEASED, tuned_lens=True, progress=False)
+    assert main(["eval", "--sae", TFM, "--seq-len", "32", "--tokens", "256", "--batch-size", "4"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["layer"] for r in rows] == [0, 1, 2, "mean"] and all(r["fvu"] > 0 for r in rows)  # random weights
 
 
 def _executed_cleanly(path: Path) -> dict:
@@ -98,7 +151,6 @@ RELEASED = "tim-lawson/mlsae-pythia-70m-deduped-x2-k4"  # the authors' naming: m
 def test_a_released_mlsae_is_evaluated_and_analysed_in_a_notebook_without_training(hub_machine, empty_hf_cache, capsys):
     """The authors' released layout from the hub cache: `mlsae eval` and notebook 04 (`-p pretrained_sae`, the
     model named by the id). On main 0d8e133 no notebook could analyse a released MLSAE."""
-    from conftest import write_released_mlsae
     from mlsae.__main__ import main
 
     put_in_hub_cache(empty_hf_cache, RELEASED, (write_released_mlsae(hub_machine / "released", d=32, m=64, k=4)
@@ -115,4 +167,4 @@ def test_a_released_mlsae_is_evaluated_and_analysed_in_a_notebook_without_traini
     assert records["latents_on_prompt"] > 0
     saes = hub_machine / "home" / "saes"
     assert not list(saes.glob("*/sae")), "nothing trained"
-    assert [p.name.split("-")[0] for p in saes.iterdir()] == ["pretrained"]
+    assert [p.name.split("-")[0] for p in saes.iterdir() if not p.name.startswith(".")] == ["pretrained"]

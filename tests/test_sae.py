@@ -276,6 +276,21 @@ def test_load_paper_layout(tmp_path):
     assert (MLSAE.from_pretrained(tmp_path / "no_counter").tokens_since_fired == 0).all()
 
 
+def test_load_tfm_layout_reads_only_the_autoencoder(tmp_path):
+    from mlsae.sae import released_facts, sae_shape
+
+    tensors = write_released_mlsae(tmp_path / "tfm", tfm="EleutherAI/pythia-70m-deduped")
+    assert sae_shape(tmp_path / "tfm") == (16, 64, 4)
+    assert released_facts(tmp_path / "tfm") == {"model": "EleutherAI/pythia-70m-deduped", "tuned_lens": False}
+    sae = MLSAE.from_pretrained(tmp_path / "tfm")
+    assert (sae.cfg.d_model, sae.cfg.n_latents, sae.cfg.k, sae.cfg.k_aux) == (16, 64, 4, 256)
+    assert sae.cfg.dead_tokens == 10_000_000  # no dead_steps_threshold saved: its dead_tokens_threshold
+    assert torch.equal(sae.W_dec, tensors["decoder.weight"])
+    assert torch.equal(sae.tokens_since_fired, torch.arange(64) * 2048)  # 1 sequence of 2048 per forward
+    write_released_mlsae(tmp_path / "plain")
+    assert released_facts(tmp_path / "plain") == {}  # a plain released SAE says nothing of its model
+
+
 def test_load_errors_name_path_and_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         MLSAE.from_pretrained(tmp_path / "nowhere")

@@ -131,6 +131,30 @@ def test_non_finite_activations_stop_with_the_step_and_keep_the_last_checkpoint(
     assert all(torch.isfinite(p).all() for p in sae.parameters())
 
 
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder_and_no_lock_beside_it(tiny_model_dir, text_dir,
+                                                                                           tmp_path, monkeypatch):
+    import mlsae.train as train_module
+
+    real = train_module.residual_batches
+
+    def poisoned(model, tokenizer, batches):
+        for i, (ids, keep, resid) in enumerate(real(model, tokenizer, batches)):
+            if i == 2:  # before the first checkpoint (step 5)
+                resid = resid.clone()
+                resid[0, 0, 0, 0] = float("nan")
+            yield ids, keep, resid
+
+    monkeypatch.setattr(train_module, "residual_batches", poisoned)
+    saes = tmp_path / "saes"
+    (saes / "kept").mkdir(parents=True)  # a folder that was there before is never removed
+    with pytest.raises(FloatingPointError, match="step 2"):
+        train(_cfg(tiny_model_dir, text_dir), saes / "run", progress=False)
+    with pytest.raises(FloatingPointError, match="step 2"):
+        train(_cfg(tiny_model_dir, text_dir), saes / "kept", progress=False)
+    assert sorted(p.name for p in saes.iterdir()) == [".locks", "kept"]  # no empty run folder, no run.lock
+    assert sorted(p.name for p in (saes / ".locks").iterdir()) == ["kept.lock", "run.lock"]
+
+
 @pytest.mark.parametrize(
     "change, match",
     [(dict(k=0), "k"), (dict(expansion_factor=0), "expansion_factor"), (dict(k=10_000), "k"),
@@ -345,13 +369,14 @@ def test_a_folder_being_trained_by_another_process_is_refused_and_the_cache_wait
     from filelock import FileLock
 
     import mlsae.train as train_module
+    from mlsae.paths import lock_file
 
     def hold(path: Path, then=None):
         """Another process, played by a thread with its own lock on the same file."""
         held, done = threading.Event(), threading.Event()
 
         def run():
-            with FileLock(str(path.resolve()) + ".lock"):
+            with FileLock(str(lock_file(path))):
                 held.set()
                 if then is not None:
                     time.sleep(0.5)

@@ -115,6 +115,7 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     from mlsae.data import load_text, token_batches
+    from mlsae.experiment import lens_of_sae, model_of_sae
     from mlsae.lens_training import residual_lens_for
     from mlsae.metrics import evaluate
     from mlsae.models import load_model
@@ -126,9 +127,7 @@ def _eval(args) -> int:
     folder = sae_folder(where)  # a run's sae/, an SAE folder or a hub id in the cache
     sae = MLSAE.from_pretrained(folder).to(args.device)  # a missing or torn SAE fails before the model loads
     saved = read_provenance(folder)
-    model_name = args.model or saved.get("model")
-    if model_name is None:
-        raise ValueError(f"{where} has no provenance.json saying which model it was trained on; pass --model")
+    model_name = args.model or model_of_sae(where, folder, flag="--model")
     if saved.get("train_config"):
         cfg = TrainConfig(**{**saved["train_config"], "model": model_name, "device": "cpu",
                              **({"data": args.data} if args.data else {})})
@@ -138,7 +137,7 @@ def _eval(args) -> int:
         cfg = config_from_preset("paper", model=model_name, data=args.data)
         print(f"{where} has no provenance: evaluating on {cfg.data} (test split) at {args.seq_len or cfg.seq_len} "
               "positions (--data and --seq-len choose others)", flush=True)
-    tuned_lens = saved.get("tuned_lens", False) if args.tuned_lens is None else args.tuned_lens
+    tuned_lens = lens_of_sae(where, folder) if args.tuned_lens is None else args.tuned_lens
     model, tokenizer = load_model(model_name, device=args.device)
     lens = residual_lens_for(model_name, model, tokenizer, **cfg.lens_kwargs()) if tuned_lens else None
     batches = token_batches(load_text(cfg.data, split="test"), tokenizer, args.seq_len or cfg.seq_len, args.batch_size,

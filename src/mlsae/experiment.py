@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
@@ -26,19 +27,31 @@ IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 from mlsae.presets import NOTEBOOK_PRESETS, default_data
 
 
-def _model_of_sae(source: str, folder: Path) -> str:
-    """The model a pretrained SAE was trained on: its provenance's, else the registry name in its id
-    (``tim-lawson/mlsae-pythia-70m-deduped-x64-k32`` -> ``pythia-70m``)."""
+def model_of_sae(source: str, folder: Path, flag: str = "-p model") -> str:
+    """The model a pretrained SAE was trained on: its provenance's or its ``-tfm`` config's, else the registry
+    name in its id (``tim-lawson/mlsae-pythia-70m-deduped-x64-k32`` -> ``pythia-70m``)."""
     from mlsae.models import REGISTRY
-    from mlsae.sae import read_provenance
+    from mlsae.sae import read_provenance, released_facts
 
-    if (model := read_provenance(folder).get("model")) is not None:
-        return model
+    if (model := read_provenance(folder).get("model") or released_facts(folder).get("model")) is not None:
+        by_repo = [name for name, e in REGISTRY.items() if e.repo_id == model]
+        return by_repo[0] if by_repo else model
     named = [name for name, e in REGISTRY.items() if e.repo_id.split("/")[-1] in str(source)]
     if not named:
         raise ValueError(f"{source} does not say which model it was trained on (no provenance.json, no registry "
-                         "model in its name); pass -p model NAME")
+                         f"model in its name); pass {flag} NAME")
     return max(named, key=lambda n: len(REGISTRY[n].repo_id))  # pythia-1.4b-deduped, not pythia-1b...
+
+
+def lens_of_sae(source: str, folder: Path) -> bool:
+    """Whether a pretrained SAE reads tuned-lens-transformed activations: its provenance or ``-tfm`` config says
+    so, else its released name does (``...-k32-lens``, ``...-k32-lens-tfm``)."""
+    from mlsae.sae import read_provenance, released_facts
+
+    said = read_provenance(folder).get("tuned_lens", released_facts(folder).get("tuned_lens"))
+    if said is not None:
+        return bool(said)
+    return re.search(r"-lens(-tfm)?/?$", str(source)) is not None
 
 
 def _named_set(base: str, chosen, preset) -> str:
@@ -91,11 +104,16 @@ class Experiment:
             from mlsae.sae import sae_folder, sae_shape
 
             self._sae_folder = sae_folder(typed_parameter("pretrained_sae", self.pretrained_sae, str))
-            model = model or _model_of_sae(self.pretrained_sae, self._sae_folder)
+            model = model or model_of_sae(self.pretrained_sae, self._sae_folder)
             sae_d_model, n_latents, self.k = sae_shape(self._sae_folder)
             if n_latents % sae_d_model:
                 raise ValueError(f"{self.pretrained_sae}: {n_latents} latents is not a multiple of d_model {sae_d_model}")
             self.expansion_factor = n_latents // sae_d_model
+            sae_lens = lens_of_sae(self.pretrained_sae, self._sae_folder)
+            if self.tuned_lens is True and not sae_lens:
+                raise ValueError(f"{self.pretrained_sae} was trained on the plain residual stream, not through a "
+                                 "tuned lens; drop tuned_lens=True")
+            self.tuned_lens = sae_lens  # analysed as it was trained
         self.model = typed_parameter("model", model if model is not None else p["model"], str)
         ef = p["expansion_factor"] if self.expansion_factor is None else self.expansion_factor
         self.expansion_factor = typed_parameter("expansion_factor", ef, int)
@@ -166,7 +184,9 @@ class Experiment:
     def slug(self) -> str:
         """File-name stem for figures of this model."""
         where = "" if self.layers is None else "-L" + "-".join(map(str, self.layers))
-        return f"{safe_name(self.model)}-x{self.expansion_factor}-k{self.k}{where}" + ("-lens" if self.tuned_lens else "")
+        lens = "-lens" if self.tuned_lens else ""
+        pretrained = "" if self.pretrained_sae is None else "-pretrained"  # never a trained SAE's figure name
+        return f"{safe_name(self.model)}-x{self.expansion_factor}-k{self.k}{where}{lens}{pretrained}"
 
     def with_model(self, model: str, **changes) -> "Experiment":
         """The same experiment for another model (or other changes), validated afresh."""
@@ -339,8 +359,9 @@ def train_together(experiments: list[Experiment]) -> None:
     baselines); identical weights to training each alone (:func:`mlsae.train.train_many`)."""
     from mlsae.train import ensure_trained
 
-    if experiments:
-        ensure_trained([e.train_config() for e in experiments], progress=experiments[0].progress)
+    todo = [e for e in experiments if e.pretrained_sae is None]  # a pretrained SAE is loaded, never trained
+    if todo:
+        ensure_trained([e.train_config() for e in todo], progress=todo[0].progress)
 
 
 def list_parameter(name: str, value, kind: type = str, *, positive: bool = False) -> list | None:

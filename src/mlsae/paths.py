@@ -148,8 +148,16 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def lock_file(path: Path) -> Path:
+    """Where :func:`run_lock` keeps the lock of folder ``path``: ``<parent>/.locks/<name>.lock``, out of the
+    listing of the folders it guards. Lock files stay after use on purpose: deleting a file that another
+    process may already have opened to wait on would let a third process take a second lock on a new file."""
+    path = Path(path).resolve()
+    return path.parent / ".locks" / f"{path.name}.lock"
+
+
 def run_lock(path: Path):
-    """The inter-process lock guarding the folder ``path`` (file ``<path>.lock``), on ``filelock``.
+    """The inter-process lock guarding the folder ``path`` (file :func:`lock_file`), on ``filelock``.
 
     One instance per path in a process, so the same process may take it again (re-entrant), while
     another process waits (``with lock:``) or gives up (``lock.acquire(timeout=0)`` raises
@@ -157,6 +165,6 @@ def run_lock(path: Path):
     """
     from filelock import FileLock
 
-    path = Path(path).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path) + ".lock", is_singleton=True, thread_local=False)
+    file = lock_file(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(file), is_singleton=True, thread_local=False)

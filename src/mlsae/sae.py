@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from mlsae.kernels import sparse_decode, topk_encode
@@ -353,10 +354,11 @@ class MLSAE(nn.Module):
         """Load a directory written by ``save_pretrained`` or a released MLSAE (hub layout); ``path`` may
         also be a Hugging Face hub id (``org/name``), taken from the local cache or downloaded.
 
-        The layout is detected from ``config.json``. Released checkpoints count dead latents in
-        steps: ``dead_tokens = dead_steps_threshold * tokens_per_step`` and
-        ``tokens_since_fired = last_nonzero * tokens_per_forward`` (the paper's run: 64 sequences of
-        2048 tokens per step, one sequence per forward). ``auxk: null`` becomes ``k_aux=0``.
+        The layout is detected from ``config.json`` (:func:`released_layout`). Released checkpoints count dead
+        latents in steps: ``dead_tokens = dead_steps_threshold * tokens_per_step`` and
+        ``tokens_since_fired = last_nonzero * tokens_per_forward`` (the paper's run: 64 sequences of 2048
+        tokens per step, one sequence per forward; a ``-tfm`` checkpoint states its own). ``auxk: null`` becomes
+        ``k_aux=0``. Only the SAE's tensors are read, so a ``-tfm`` file's transformer weights stay on disk.
         """
         path = _local_or_hub(path)
         config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
@@ -366,32 +368,42 @@ class MLSAE(nn.Module):
                     f"{p}: missing; expected a directory written by MLSAE.save_pretrained "
                     "or a released MLSAE (config.json + model.safetensors)"
                 )
+        raw = _read_config(config_path)
+        layout = released_layout(raw)
+        prefix = "autoencoder." if layout == "tfm" else ""
         try:
-            raw = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_path}: not valid JSON ({err})") from err
-        try:
-            tensors = load_file(str(weights_path))
+            with safe_open(str(weights_path), framework="pt") as f:
+                shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+                wanted = {"encoder.weight", "decoder.weight", "pre_encoder_bias", "last_nonzero"} if layout else \
+                    {"W_enc", "W_dec", "b_pre", "tokens_since_fired"}
+                tensors = {key[len(prefix):]: f.get_tensor(key) for key in shapes if key[len(prefix):] in wanted
+                           and key.startswith(prefix)}
         except Exception as err:  # safetensors raises its own error type for a torn or foreign file
             raise ValueError(
                 f"{weights_path}: cannot be read ({err}); the file is truncated or not a safetensors file, e.g. "
                 "from a run killed while writing. Delete its folder and train again (a training run resumes "
                 "from its last complete checkpoint)"
             ) from None
-        if "n_inputs" in raw:  # released layout (tim-lawson/mlsae TopKSAE)
+        if layout:  # released (tim-lawson/mlsae TopKSAE, or the autoencoder inside an MLSAETransformer)
+            if layout == "tfm":
+                tokens_per_forward = raw.get("batch_size", 1) * raw.get("max_length", 2048)
+                tokens_per_step = tokens_per_forward * raw.get("accumulate_grad_batches", 64)
             try:
+                d_model = raw["n_inputs"] if layout == "sae" else shapes[prefix + "encoder.weight"][1]
+                n_latents = raw["n_latents"] if layout == "sae" else d_model * raw["expansion_factor"]
+                dead_steps = raw.get("dead_steps_threshold")
                 cfg = SAEConfig(
-                    d_model=raw["n_inputs"],
-                    n_latents=raw["n_latents"],
+                    d_model=d_model,
+                    n_latents=n_latents,
                     k=raw["k"],
                     k_aux=raw.get("auxk") or 0,
-                    dead_tokens=raw["dead_steps_threshold"] * tokens_per_step,
+                    dead_tokens=dead_steps * tokens_per_step if dead_steps else raw["dead_tokens_threshold"],
                     dead_threshold=raw.get("dead_threshold", 1e-3),
                     standardize=raw.get("standardize", True),
                     layers=raw.get("layers"),
                 )
             except KeyError as err:
-                raise ValueError(f"{config_path}: released-MLSAE config lacks {err}") from err
+                raise ValueError(f"{config_path}: released-MLSAE config (or {weights_path}) lacks {err}") from None
             names = {"W_enc": "encoder.weight", "W_dec": "decoder.weight", "b_pre": "pre_encoder_bias"}
             counter = tensors.get("last_nonzero")
             fired = None if counter is None else counter.long() * tokens_per_forward
@@ -403,6 +415,8 @@ class MLSAE(nn.Module):
             cfg = SAEConfig(**{key: raw[key] for key in raw if key in known})
             names = {"W_enc": "W_enc", "W_dec": "W_dec", "b_pre": "b_pre"}
             fired = tensors.get("tokens_since_fired")
+        if layout == "tfm":
+            weights_path = f"{weights_path} (tensors autoencoder.*)"
 
         d, m = cfg.d_model, cfg.n_latents
         sae = cls(cfg, device="meta").to_empty(device=device or "cpu")  # skip the random init
@@ -410,7 +424,7 @@ class MLSAE(nn.Module):
         with torch.no_grad():
             for attr, key in names.items():
                 if key not in tensors:
-                    raise ValueError(f"{weights_path}: missing tensor {key!r} (has {sorted(tensors)})")
+                    raise ValueError(f"{weights_path}: missing tensor {prefix + key!r} (has {sorted(shapes)[:12]})")
                 target, shape = targets[attr]
                 if tuple(tensors[key].shape) != shape:
                     raise ValueError(
@@ -447,12 +461,43 @@ def sae_folder(source: str | Path) -> Path:
     return folder
 
 
+def released_layout(raw: dict) -> str | None:
+    """Which released layout a ``config.json`` is in: ``"sae"`` (a ``tim-lawson/mlsae-*`` TopKSAE: ``n_inputs``,
+    ``n_latents``), ``"tfm"`` (a ``-tfm`` MLSAETransformer: ``model_name``, ``expansion_factor``, weights under
+    ``autoencoder.``), or ``None`` for ours."""
+    if "n_inputs" in raw:
+        return "sae"
+    if "model_name" in raw and "expansion_factor" in raw:
+        return "tfm"
+    return None
+
+
+def _read_config(config_path: Path) -> dict:
+    try:
+        return json.loads(Path(config_path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path}: not valid JSON ({err})") from err
+
+
 def sae_shape(folder: Path) -> tuple[int, int, int]:
-    """``(d_model, n_latents, k)`` from an SAE folder's config.json (ours or the released layout), without
-    loading its weights."""
-    raw = json.loads((Path(folder) / CONFIG_FILE).read_text())
-    d_model = raw["n_inputs"] if "n_inputs" in raw else raw["d_model"]
+    """``(d_model, n_latents, k)`` from an SAE folder (ours or a released layout), without loading its weights."""
+    raw = _read_config(Path(folder) / CONFIG_FILE)
+    layout = released_layout(raw)
+    if layout == "tfm":
+        with safe_open(str(Path(folder) / WEIGHTS_FILE), framework="pt") as f:
+            d_model = f.get_slice("autoencoder.encoder.weight").get_shape()[1]
+        return int(d_model), int(d_model * raw["expansion_factor"]), int(raw["k"])
+    d_model = raw["n_inputs"] if layout == "sae" else raw["d_model"]
     return int(d_model), int(raw["n_latents"]), int(raw["k"])
+
+
+def released_facts(folder: Path) -> dict:
+    """What a released ``-tfm`` checkpoint's config says about how it was trained: its model (``model_name``)
+    and whether a tuned lens came first; ``{}`` for other layouts (ours say it in ``provenance.json``)."""
+    raw = _read_config(Path(folder) / CONFIG_FILE)
+    if released_layout(raw) != "tfm":
+        return {}
+    return {"model": raw["model_name"], "tuned_lens": bool(raw.get("tuned_lens", False))}
 
 
 def _local_or_hub(path: str | Path) -> Path:

@@ -14,7 +14,10 @@ from mlsae.experiment import Experiment, typed_parameter, list_parameter, train_
 
 
 def reconstruction_table(exp: Experiment, models: list[str], lens_options: tuple[bool, ...] = (False, True)) -> list[dict]:
-    """PAPER.md §4 item 10: FVU, MSE, L0, L1, Delta CE, KL per model, with and without the lens."""
+    """PAPER.md §4 item 10: FVU, MSE, L0, L1, Delta CE, KL per model, with and without the lens; for a
+    pretrained SAE, its one row (its own model and lens)."""
+    if exp.pretrained_sae is not None:
+        models, lens_options = [exp.model], (exp.tuned_lens,)
     experiments = [exp.with_model(m, tuned_lens=lens) for m in models for lens in lens_options]
     train_together(experiments)
     rows = []

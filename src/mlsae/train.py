@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from mlsae.paths import atomic_dir, atomic_write_text, load_result, mlsae_home, 
 from mlsae.pipeline import sae_inputs
 from mlsae.presets import TRAIN_PRESETS, default_data
 from mlsae.progress import bar as progress_bar
-from mlsae.sae import MLSAE, SAEConfig
+from mlsae.sae import CONFIG_FILE, MLSAE, SAEConfig
 from mlsae.seeding import seed_everything
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -293,7 +294,16 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, r
             for d in sorted(out_dirs):  # one process trains into a folder at a time
                 held.enter_context(_take(run_lock(d), d))
         held.enter_context(distributed.stop_on_sigterm(group))
-        results = _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress, group)
+        fresh = [d for d in out_dirs if not d.exists()]
+        try:
+            results = _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress,
+                                    group)
+        except BaseException:
+            if group.main:  # a folder this call made and left with nothing to resume from goes again
+                for d in fresh:
+                    if not (d / "checkpoint" / "state.json").exists() and not (d / "sae" / CONFIG_FILE).exists():
+                        shutil.rmtree(d, ignore_errors=True)
+            raise
         group.barrier()  # rank 0's files are complete when any rank returns
         return results
 
