@@ -73,7 +73,8 @@ def _round_up(x: float) -> float:
     if x <= 0:
         return 0.0
     scale = 10 ** (math.floor(math.log10(x)) - 1)
-    return math.ceil(x / scale - 1e-9) * scale
+    rounded = float(f"{math.ceil(x / scale - 1e-9) * scale:.2g}")  # the decimal a reviewer reads, not float noise
+    return int(rounded) if rounded >= 1 and rounded.is_integer() else rounded
 
 
 def table(multiple: float, rel_floor: float, write: bool) -> int:
