@@ -4,7 +4,7 @@
 
 A randomly initialised GPT-NeoX with pythia-70m's shape (6 layers, d_model 512, vocab 50304) and a
 random MLSAE with R = 64 (32768 latents), k = 32 run the full streaming pipeline of
-``mlsae.analysis.layer_distributions`` (residual streams -> top-k latents -> counts, totals and
+``mlsae.analysis.distributions.layer_distributions`` (residual streams -> top-k latents -> counts, totals and
 per-token variances) over ``--tokens`` random tokens. Prints tokens per second, the time split
 between the language model and the SAE, and the process's peak resident memory (target: < 4 GB).
 """
@@ -18,9 +18,9 @@ import time
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from mlsae.analysis import LayerDistributionAccumulator
-from mlsae.activations import residual_streams
-from mlsae.sae import MLSAE, SAEConfig
+from mlsae.analysis.distributions import LayerDistributionAccumulator
+from mlsae.models.residuals import residual_streams
+from mlsae.sae.model import MLSAE, SAEConfig
 
 
 def peak_rss_gib() -> float:

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from mlsae.activations import _residual_streams, residual_streams
+from mlsae.models.residuals import _residual_streams, residual_streams
 
 METHODS = {
     "forward": "model(input_ids).logits (plain forward, default use_cache)",
@@ -36,7 +36,7 @@ METHODS = {
 
 def build(args):
     if args.model:
-        from mlsae.models import load_model
+        from mlsae.models.registry import load_model
 
         model, _ = load_model(args.model)
     else:

@@ -23,9 +23,9 @@ def main() -> None:
     ap.add_argument("--model", default="zoo-s", help="whose tokenizer (the zoo's are built on demand)")
     args = ap.parse_args()
 
-    from mlsae.data import load_text, token_batches
-    from mlsae.models import load_model
-    from mlsae.presets import TRAIN_PRESETS
+    from mlsae.core.presets import TRAIN_PRESETS
+    from mlsae.data.sources import load_text, token_batches
+    from mlsae.models.registry import load_model
 
     p = TRAIN_PRESETS[args.preset]
     _, tokenizer = load_model(args.model)

@@ -2,7 +2,7 @@
 
     python benchmarks/single_layer_vs_mlsae.py [--model zoo-m] [--tokens 131072] [--expansion-factor 16]
 
-Each training run goes through ``mlsae.train.train`` (the real pipeline: text -> model -> residual
+Each training run goes through ``mlsae.training.train.train`` (the real pipeline: text -> model -> residual
 streams -> SAE, Adam) in a fresh subprocess, so its wall time and peak resident memory are its own.
 A further subprocess streams the same tokens through the model with no SAE: the memory baseline,
 subtracted to give what the SAE itself adds. Prints the ratios (all single-layer SAEs together) /
@@ -24,16 +24,16 @@ def child(spec: dict) -> dict:
     """Runs in the subprocess: one training run (or the no-SAE baseline); returns time and peak RSS."""
     import torch
 
-    from mlsae.train import config_from_preset, train
+    from mlsae.training.train import config_from_preset, train
 
     torch.manual_seed(0)
     cfg = config_from_preset(spec["preset"], model=spec["model"], expansion_factor=spec["expansion_factor"],
                              k=spec["k"], layers=spec["layers"], max_tokens=spec["tokens"], checkpoint_every=10**9)
     start = time.perf_counter()
     if spec["baseline"]:
-        from mlsae.activations import residual_batches
-        from mlsae.data import load_text, token_batches
-        from mlsae.models import load_model
+        from mlsae.data.sources import load_text, token_batches
+        from mlsae.models.registry import load_model
+        from mlsae.models.residuals import residual_batches
 
         model, tok = load_model(cfg.model)
         batches = token_batches(load_text(cfg.data, split="train", streaming=True), tok, cfg.seq_len, cfg.batch_size,
@@ -59,7 +59,7 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.child))))
         return
 
-    from mlsae.models import model_shape
+    from mlsae.models.registry import model_shape
 
     n_layers = model_shape(args.model)[0]
     base = dict(model=args.model, preset=args.preset, expansion_factor=args.expansion_factor, k=args.k, tokens=args.tokens)

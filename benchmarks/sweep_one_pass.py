@@ -4,7 +4,7 @@
 
 The grid is the notebook preset's (``default``: zoo-s, R in 1..64 at k = 32 and k in 16..128 at R = 64,
 10 distinct SAEs). Each mode runs in its own subprocess, so wall time and peak resident memory are its
-own: ``together`` is :func:`mlsae.train.train_many` (what notebooks 06 and 10 use), ``alone`` trains
+own: ``together`` is :func:`mlsae.training.train.train_many` (what notebooks 06 and 10 use), ``alone`` trains
 every SAE by itself, one after the other (one subprocess each: the time is summed, the memory is the
 largest). ``--tokens`` shortens every run (the notebook trains 500,000 tokens each); the ratio is per
 token either way. The weights are identical in both modes (tests/test_train.py checks it bit for bit).
@@ -22,7 +22,7 @@ from common import peak_rss_mib, run_child
 
 
 def configs(preset: str, tokens: int) -> list[dict]:
-    from mlsae.presets import NOTEBOOK_PRESETS
+    from mlsae.core.presets import NOTEBOOK_PRESETS
 
     nb = NOTEBOOK_PRESETS[preset]
     grid, k = nb["sweep"], 32
@@ -33,7 +33,7 @@ def configs(preset: str, tokens: int) -> list[dict]:
 
 
 def child(specs: list[dict]) -> dict:
-    from mlsae.train import config_from_preset, train_many
+    from mlsae.training.train import config_from_preset, train_many
 
     cfgs = [config_from_preset(s.pop("preset"), **s) for s in specs]
     with tempfile.TemporaryDirectory() as out:
@@ -59,7 +59,7 @@ def main() -> None:
     alone = [run_child(__file__, [s]) for s in specs]
     print(f"{args.preset} sweep on {specs[0]['model']}: {len(specs)} SAEs, {args.tokens:,} training tokens each")
     print(f"  one pass for all:   {together['seconds']:7.1f} s  peak RSS {together['peak_rss_mib']:7.0f} MiB")
-    for s, r in zip(specs, alone):
+    for s, r in zip(specs, alone, strict=True):
         print(f"  alone R={s['expansion_factor']:>3} k={s['k']:>3}:  {r['seconds']:7.1f} s  peak RSS {r['peak_rss_mib']:7.0f} MiB")
     t_alone = sum(r["seconds"] for r in alone)
     m_alone = max(r["peak_rss_mib"] for r in alone)

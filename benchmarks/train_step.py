@@ -3,7 +3,7 @@
 Compares, interleaved within each repeat (medians reported):
   (a) the project's step: MLSAE.forward (chunked top-k encoder, sparse decoder, AuxK over the dead
       latents) + backward + decoder-gradient projection + Adam + decoder renormalisation;
-  (b) a straightforward dense step: mlsae.sae.dense_reference_loss (dense latents, dense decoder
+  (b) a straightforward dense step: mlsae.sae.model.dense_reference_loss (dense latents, dense decoder
       matmul, dense AuxK, plain autograd) + the same backward/projection/Adam/renorm;
   (c) one fp32 dense encoder matmul [n, d] x [d, n_latents], allocating its output (c) and into a
       preallocated buffer (c'); with --dtype bf16 also under autocast (c'').
@@ -25,7 +25,7 @@ from contextlib import nullcontext
 
 import torch
 
-from mlsae.sae import MLSAE, SAEConfig, dense_reference_loss
+from mlsae.sae.model import MLSAE, SAEConfig, dense_reference_loss
 
 
 def parse_args(argv=None):

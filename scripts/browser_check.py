@@ -28,7 +28,7 @@ from pathlib import Path
 
 import nbformat
 
-from mlsae.records import MIME as RECORD_MIME
+from mlsae.figures.records import MIME as RECORD_MIME
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -161,7 +161,7 @@ def check(notebook: str, parameters: dict, screenshot: Path, timeout: float) -> 
         driver.find_element(By.CSS_SELECTOR, ".jp-Notebook").click()
         driver.find_element(By.TAG_NAME, "body").send_keys(Keys.CONTROL, "s")
         _wait("the notebook to be saved", lambda: path.stat().st_mtime_ns != before, 30)
-        # mlsae.records outputs must stay invisible: no "No renderer could be found" text, no JSON shown
+        # mlsae.figures.records outputs must stay invisible: no "No renderer could be found" text, no JSON shown
         records_shown = [e.text[:200] for e in driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")
                          if "No renderer" in e.text or RECORD_MIME in e.text]
         images = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output img")

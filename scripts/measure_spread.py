@@ -33,8 +33,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the reference tooling is test code
 
-from notebook_references import (CI_PARAMETERS, REFERENCES, execute, leaves, notebook_paths,  # noqa: E402
-                                 read_reference, reference_path, write_reference)
+from notebook_references import (  # noqa: E402
+    CI_PARAMETERS,
+    REFERENCES,
+    execute,
+    leaves,
+    notebook_paths,
+    read_reference,
+    reference_path,
+    write_reference,
+)
 
 SPREAD = REFERENCES / "spread"
 
@@ -102,7 +110,7 @@ def table(multiple: float, rel_floor: float, write: bool) -> int:
                 if not numeric:
                     deviation = max(deviation, float(got != expected))
                     continue
-                for g, e in zip(got, expected):
+                for g, e in zip(got, expected, strict=True):
                     deviation = max(deviation, abs(g - e))
                     relative = max(relative, abs(g - e) / abs(e) if e else 0.0)
             if not numeric:

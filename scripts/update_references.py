@@ -1,6 +1,6 @@
 """Re-execute notebooks with the CI parameters and rewrite the values of their committed references.
 
-tests/references/NN_name.json holds each key number a notebook records (mlsae.records.record) when run
+tests/references/NN_name.json holds each key number a notebook records (mlsae.figures.records.record) when run
 with the CI parameters, with its tolerance; tests/test_notebooks.py executes every notebook once under
 nbval and compares its records with it (tests/notebook_references.py). Run this after changing a
 notebook or a number on purpose, and review the diff (``git diff tests/references``). Tolerances are

@@ -19,10 +19,10 @@ import json
 
 import pandas as pd
 
-from mlsae import plots
-from mlsae.analysis import headline_row
-from mlsae.experiment import Experiment
-from mlsae.zoo import DEFAULT_ZOO, SPREAD_SEEDS, zoo_report
+from mlsae.analysis.distributions import headline_row
+from mlsae.figures import plots
+from mlsae.models.zoo import DEFAULT_ZOO, SPREAD_SEEDS, zoo_report
+from mlsae.studies.experiment import Experiment
 
 
 def key_numbers(name: str) -> dict:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-# ---- tiny offline language models (mlsae.models / mlsae.activations tests) -------------------
+# ---- tiny offline language models (mlsae.models.registry / mlsae.models.residuals tests) -------------------
 # A word-level tokenizer and a random tiny GPT-NeoX, saved like a zoo model (save_pretrained),
 # so tests never need the real zoo or the network.
 
@@ -110,7 +110,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_model_dir(tmp_path_factory.mktemp("tiny-neox"))
 
 
-# ---- offline corpus + micro zoo (mlsae.text / mlsae.data / mlsae.zoo tests) ------------------
+# ---- offline corpus + micro zoo (mlsae.data.corpus / mlsae.data.sources / mlsae.models.zoo tests) ------------------
 # Built once per session in a temporary MLSAE_HOME (never the user's cache); tests that need it
 # take ``micro_home``, which points MLSAE_HOME there for the duration of the test.
 
@@ -121,7 +121,7 @@ def micro_text_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("mlsae-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLSAE_HOME", str(home))
-        from mlsae.zoo import ensure_tokenizer
+        from mlsae.models.zoo import ensure_tokenizer
 
         ensure_tokenizer("micro")
     return home
@@ -132,7 +132,7 @@ def micro_zoo_home(micro_text_home) -> Path:
     """``micro_text_home`` plus the micro zoo micro-s/m/l (trained once per session)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLSAE_HOME", str(micro_text_home))
-        from mlsae.zoo import build_zoo
+        from mlsae.models.zoo import build_zoo
 
         build_zoo(["micro-s", "micro-m", "micro-l"], progress=False)
     return micro_text_home

@@ -4,11 +4,11 @@
 runs ``pytest --nbval-lax`` there. nbval executes every cell and fails on an error; this plugin adds:
 
 * a cell that writes to stderr fails (progress bars, warnings: pink boxes in JupyterLab);
-* every ``mlsae.records.record(...)`` output of every cell is written, in order, as JSON lines of
+* every ``mlsae.figures.records.record(...)`` output of every cell is written, in order, as JSON lines of
   ``[name, value]`` to ``$MLSAE_RECORDS_OUT``, for the comparison with ``tests/references/``.
 
 It imports nothing of ``mlsae`` (that would add seconds to every notebook's nbval run), so the two
-constants below repeat ``mlsae.records.MIME`` and ``records_in_outputs``' filter.
+constants below repeat ``mlsae.figures.records.MIME`` and ``records_in_outputs``' filter.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 
 import pytest
 
-MIME = "application/vnd.mlsae.record+json"  # = mlsae.records.MIME (tests/test_notebooks.py checks it)
+MIME = "application/vnd.mlsae.record+json"  # = mlsae.figures.records.MIME (tests/test_notebooks.py checks it)
 
 
 @pytest.hookimpl(hookwrapper=True)

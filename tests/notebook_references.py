@@ -1,6 +1,6 @@
 """Check the notebooks' recorded key numbers against the committed references, within tolerances.
 
-Each notebook records its key numbers by name (:func:`mlsae.records.record`). ``tests/references/NN_name.json``
+Each notebook records its key numbers by name (:func:`mlsae.figures.records.record`). ``tests/references/NN_name.json``
 holds, for the notebook run with :data:`CI_PARAMETERS`, each quantity's value and its tolerance:
 
     {"notebook": "03_layer_variance", "parameters": {...}, "code_sha256": "...",
@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlsae.notebooks import KERNEL, notebook_paths
-from mlsae.paths import atomic_write_text
-from mlsae.progress import quiet_kernels
+from mlsae.core.paths import atomic_write_text
+from mlsae.core.progress import quiet_kernels
+from mlsae.figures.notebooks import KERNEL
+from mlsae.figures.notebooks import notebook_paths as notebook_paths  # re-exported for the scripts
 
 REFERENCES = Path(__file__).with_name("references")
 PLUGIN = Path(__file__).with_name("nbval_plugin.py")
@@ -102,7 +103,7 @@ def execute(path: Path, workdir: Path, parameters: dict) -> Execution:
     shutil.copy(PLUGIN, workdir / "conftest.py")
     records_file = workdir / "records.jsonl"
     records_file.unlink(missing_ok=True)
-    with quiet_kernels():  # the kernel's environment as mlsae.notebooks.run_notebook gives it
+    with quiet_kernels():  # the kernel's environment as mlsae.figures.notebooks.run_notebook gives it
         env = {**os.environ, "MLSAE_FIGURES": str(workdir / "figures"), "MLSAE_RECORDS_OUT": str(records_file)}
     nbval = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", path.name, "--nbval-current-env", "-p", "no:cacheprovider",
@@ -176,7 +177,7 @@ def compare(records: dict[str, Any], reference: dict) -> list[str]:
             problems.append(f"{name}: value {json.dumps(got)} has another structure than the reference "
                             f"{json.dumps(expected)}")
             continue
-        for (where, g), (_, e) in zip(leaves(got), leaves(expected)):
+        for (where, g), (_, e) in zip(leaves(got), leaves(expected), strict=True):
             numeric = isinstance(e, (int, float)) and not isinstance(e, bool)
             if numeric and tolerance != "exact":
                 bound = _bound(e, tolerance)
@@ -229,7 +230,7 @@ def update_reference(path: Path, references_dir: Path = REFERENCES, parameters: 
     if run.failure:
         raise RuntimeError(f"{path.name}: no reference written:\n{run.failure}")
     if not run.records:
-        raise RuntimeError(f"{path.name} records no key number (mlsae.records.record); no reference written")
+        raise RuntimeError(f"{path.name} records no key number (mlsae.figures.records.record); no reference written")
     old = (read_reference(path, references_dir) or {}).get("quantities", {})
     reference = {"notebook": path.stem, "parameters": parameters, "code_sha256": run.digest,
                  "quantities": {name: {"value": value, "tolerance": old.get(name, {}).get("tolerance")}

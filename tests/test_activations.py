@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_neox, make_tiny_tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from mlsae.activations import (
+from conftest import make_tiny_neox, make_tiny_tokenizer
+from mlsae.models.residuals import (
     final_norm,
     logits_from_layer,
     residual_batches,

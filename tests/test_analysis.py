@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mlsae.analysis import LayerDistributionAccumulator, LayerDistributions
+from mlsae.analysis.distributions import LayerDistributionAccumulator, LayerDistributions
 
 
 def _random_topk(n_layers=4, n_tokens=50, n_latents=40, k=5, seed=0):
@@ -231,7 +231,7 @@ def test_window_must_be_positive():
 
 
 def test_residual_geometry_saves_as_safetensors_not_pickle(tmp_path):
-    from mlsae.analysis import ResidualGeometry
+    from mlsae.analysis.distributions import ResidualGeometry
 
     g = ResidualGeometry(torch.rand(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64), torch.rand(4), 1234)
     g.save(tmp_path / "g.safetensors")

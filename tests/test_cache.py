@@ -8,20 +8,21 @@ import json
 import pytest
 import torch
 
-from mlsae import cache
-from mlsae.analysis import LayerDistributionAccumulator, LayerDistributions, ResidualGeometry
-from mlsae.examples import MaxExamples
-from mlsae.experiment import Experiment
-from mlsae.lens import ResidualLens
-from mlsae.lens_training import lens_fields
-from mlsae.metrics import EvalResult
-from mlsae.train import TrainConfig, config_from_preset
+from mlsae.analysis.distributions import LayerDistributionAccumulator, LayerDistributions, ResidualGeometry
+from mlsae.analysis.examples import MaxExamples
+from mlsae.analysis.metrics import EvalResult
+from mlsae.core import cache
+from mlsae.data.sources import data_identity
+from mlsae.models.lens import ResidualLens
+from mlsae.models.lens_training import lens_fields
+from mlsae.studies.experiment import Experiment
+from mlsae.training.train import TrainConfig, config_from_preset
 
 
 def test_a_rebuilt_zoo_model_never_reuses_what_was_made_from_the_old_one(monkeypatch):
     """Before: SAE keys hashed the model's name and lens keys left out the data, so retraining a zoo
     model under the same name silently reused SAEs and lenses trained on the old weights."""
-    from mlsae import zoo
+    from mlsae.models import zoo
 
     exp = Experiment(preset="tiny", model="micro-s", tuned_lens=True)
     before = (exp.out_dir, exp.geometry_fields(), lens_fields("micro-s", **exp.train_config().lens_kwargs()))
@@ -38,11 +39,11 @@ def test_edited_data_changes_the_keys(tmp_path):
     data = tmp_path / "text"
     data.mkdir()
     (data / "train.jsonl").write_text(json.dumps({"text": "one"}) + "\n")
-    first = (cache.data_identity(str(data)), TrainConfig(data=str(data)).cache_key())
+    first = (data_identity(str(data)), TrainConfig(data=str(data)).cache_key())
     (data / "train.jsonl").write_text(json.dumps({"text": "two"}) + "\n")
-    second = (cache.data_identity(str(data)), TrainConfig(data=str(data)).cache_key())
+    second = (data_identity(str(data)), TrainConfig(data=str(data)).cache_key())
     assert first[0] != second[0] and first[1] != second[1]
-    assert cache.data_identity("offline") != cache.data_identity("offline:micro")
+    assert data_identity("offline") != data_identity("offline:micro")
 
 
 def test_the_key_covers_every_result_field_and_the_code_version(monkeypatch):

@@ -1,6 +1,6 @@
 """The command line reports expected failures as one clear message and exit status 2."""
 
-from mlsae.__main__ import main
+from mlsae.cli import main
 
 
 def test_missing_model_is_a_message_not_a_traceback(monkeypatch, capsys):
@@ -31,7 +31,7 @@ def test_cli_rules_match_the_library(capsys):
 
 
 def test_eval_on_a_truncated_sae_is_one_line(tmp_path, capsys):
-    from mlsae.sae import MLSAE, SAEConfig
+    from mlsae.sae.model import MLSAE, SAEConfig
 
     MLSAE(SAEConfig(d_model=8, n_latents=16, k=2)).save_pretrained(tmp_path / "sae")
     weights = tmp_path / "sae" / "model.safetensors"
@@ -46,8 +46,8 @@ def test_train_flags_are_generated_from_the_config(monkeypatch):
     and what the CLI builds is exactly config_from_preset with the given values."""
     import dataclasses
 
-    import mlsae.__main__ as cli
-    from mlsae.train import TrainConfig, config_from_preset
+    import mlsae.cli as cli
+    from mlsae.training.train import TrainConfig, config_from_preset
 
     helps = TrainConfig.field_help()
     assert set(helps) == {f.name for f in dataclasses.fields(TrainConfig)}, "a field without a help comment"
@@ -57,7 +57,7 @@ def test_train_flags_are_generated_from_the_config(monkeypatch):
         built["cfg"] = cfg
         raise ValueError("stop here")
 
-    monkeypatch.setattr("mlsae.train.train", fake_train)
+    monkeypatch.setattr("mlsae.training.train.train", fake_train)
     argv = ["train", "--model", "micro-s", "--preset", "tiny", "-k", "16", "--tuned-lens", "--lens-tokens", "1000",
             "--layers", "0,2", "--lr", "0.003", "--encoder-init", "unit"]
     assert cli.main(argv) == 2
@@ -69,9 +69,9 @@ def test_train_flags_are_generated_from_the_config(monkeypatch):
 
 def test_a_hub_model_gets_the_pile_under_every_preset_in_the_cli_and_the_notebooks():
     """On main 0d8e133, `--preset tiny|default` trained Pythia on the zoo's synthetic text, silently."""
-    from mlsae.experiment import Experiment
-    from mlsae.presets import HUB_DATA
-    from mlsae.train import config_from_preset
+    from mlsae.core.presets import HUB_DATA
+    from mlsae.studies.experiment import Experiment
+    from mlsae.training.train import config_from_preset
 
     for preset in ("tiny", "default", "paper"):
         assert config_from_preset(preset, model="pythia-70m").data == HUB_DATA, preset
@@ -86,7 +86,7 @@ def test_eval_of_a_released_sae_uses_the_models_own_data_and_says_so(tmp_path, e
     """An SAE with no provenance, on Pythia (a hub-layout stand-in): the Pile's test split from the hub cache,
     not the synthetic corpus at 128 positions (main 0d8e133)."""
     from conftest import make_tiny_tokenizer, put_in_hub_cache, save_tiny_model_dir, write_pile_layout
-    from mlsae.sae import MLSAE, SAEConfig
+    from mlsae.sae.model import MLSAE, SAEConfig
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     put_in_hub_cache(empty_hf_cache, "EleutherAI/pythia-70m-deduped",

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlsae.analysis import LayerDistributions
-from mlsae.decoder import decoder_vectors, max_cosine, mmcs, nearest_tokens, pair_histograms, token_directions
-from mlsae.sae import MLSAE, SAEConfig
+from mlsae.analysis.decoder import decoder_vectors, max_cosine, mmcs, nearest_tokens, pair_histograms, token_directions
+from mlsae.analysis.distributions import LayerDistributions
+from mlsae.sae.model import MLSAE, SAEConfig
 
 
 def _vectors(n=300, d=12, seed=0):
@@ -82,9 +82,9 @@ def test_layer_statistics_helpers():
 
 def test_sae_applied_at_other_layers(tiny_model_dir):
     """A single-layer SAE evaluated / analysed at every layer: its own layer agrees with the default."""
-    from mlsae.analysis import layer_distributions
-    from mlsae.metrics import evaluate
-    from mlsae.models import load_model
+    from mlsae.analysis.distributions import layer_distributions
+    from mlsae.analysis.metrics import evaluate
+    from mlsae.models.registry import load_model
 
     model, tok = load_model(str(tiny_model_dir))
     torch.manual_seed(0)

@@ -16,10 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mlsae import distributed
-from mlsae.train import config_from_preset, train, train_parallel
-
 from conftest import write_word_corpus
+from mlsae.training import distributed
+from mlsae.training.train import config_from_preset, train, train_parallel
 
 STEPS = 300
 # 1 vs 2 processes differ only in the order of float sums (gradients summed over ranks, the batch variance

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import make_tiny_neox, make_tiny_tokenizer
-from mlsae.activations import residual_streams, special_token_mask
-from mlsae.examples import ExampleBrowser, MaxExamples, MaxExamplesAccumulator, max_examples
-from mlsae.sae import MLSAE, SAEConfig
+from mlsae.analysis.examples import ExampleBrowser, MaxExamples, MaxExamplesAccumulator, max_examples
+from mlsae.models.residuals import residual_streams, special_token_mask
+from mlsae.sae.model import MLSAE, SAEConfig
 
 
 def _brute_top(a, n):

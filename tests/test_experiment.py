@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from mlsae.experiment import Experiment, series_models
-from mlsae.models import ModelNotAvailableError
+from mlsae.models.registry import ModelNotAvailableError
+from mlsae.studies.experiment import Experiment, series_models
 
 
 def test_unknown_model_lists_the_registry():
@@ -38,7 +38,7 @@ def test_missing_hub_model_fails_fast_when_first_used(monkeypatch):
     exp = Experiment(model="pythia-1b", preset="tiny")  # valid name: nothing loaded yet
     start = time.perf_counter()
     with pytest.raises(ModelNotAvailableError, match="EleutherAI/pythia-1b-deduped"):
-        exp.lm
+        _ = exp.lm
     assert time.perf_counter() - start < 15
 
 
@@ -74,7 +74,7 @@ def test_with_model_revalidates_and_resets_data():
 
 
 def test_list_parameters_take_json_text_and_check_every_element():
-    from mlsae.experiment import list_parameter
+    from mlsae.studies.experiment import list_parameter
 
     assert list_parameter("ks", "[16, 32]", int, positive=True) == [16, 32]  # papermill -p ks "[16, 32]"
     assert list_parameter("ks", [16, 32], int) == [16, 32]  # papermill -y, or Python
@@ -90,8 +90,8 @@ def test_list_parameters_take_json_text_and_check_every_element():
 
 
 def test_series_and_sweep_points_fail_on_a_bad_element_before_any_work(monkeypatch):
-    from mlsae.experiment import family_models
-    from mlsae.studies import sweep_points
+    from mlsae.studies.experiment import family_models
+    from mlsae.studies.tables import sweep_points
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     exp = Experiment(preset="tiny")

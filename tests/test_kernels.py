@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mlsae.kernels import scatter_rows, sparse_decode, topk_encode, topk_rows
+from mlsae.sae.kernels import scatter_rows, sparse_decode, topk_encode, topk_rows
 
 
 def _same_topk(values, indices, pre, k, tol=0.0):
@@ -72,7 +72,7 @@ def test_topk_encode_matches_autograd(chunk_rows):
     order = (indices.unsqueeze(2) == ref_i.unsqueeze(1)).float().argmax(2)  # [n, k]
     ((ref_v.gather(1, order) * g_val).sum() + (ref_cols * g_cols).sum()).backward()
     torch.testing.assert_close(pre_cols, ref_cols)
-    for got, t in zip(grads, (x, b, W)):
+    for got, t in zip(grads, (x, b, W), strict=True):
         torch.testing.assert_close(got, t.grad)
 
 

@@ -7,8 +7,8 @@ import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from tuned_lens import TunedLens
 
-from mlsae.lens import ResidualLens
-from mlsae.lens_training import (
+from mlsae.models.lens import ResidualLens
+from mlsae.models.lens_training import (
     LensNotAvailableError,
     lens_kl_per_layer,
     load_lens,
@@ -140,9 +140,9 @@ def test_the_pretrained_lens_is_used_named_and_keyed(pythia_stand_in, capsys):
     """On main 0d8e133 the provenance described a locally trained lens and the cache key did not identify
     the pretrained one."""
     from conftest import HUB_SHA
-    from mlsae.lens_training import lens_record, pretrained_lens_identity, residual_lens_for
-    from mlsae.models import load_model
-    from mlsae.train import TrainConfig
+    from mlsae.models.lens_training import lens_record, pretrained_lens_identity, residual_lens_for
+    from mlsae.models.registry import load_model
+    from mlsae.training.train import TrainConfig
 
     tmp_path, cache, pile = pythia_stand_in
     model, tokenizer = load_model("pythia-70m")
@@ -164,8 +164,8 @@ def test_the_pretrained_lens_is_used_named_and_keyed(pythia_stand_in, capsys):
 
 
 def test_a_hub_model_without_its_pretrained_lens_says_so_before_training_one(pythia_stand_in, capsys):
-    from mlsae.lens_training import lens_record, residual_lens_for
-    from mlsae.models import load_model
+    from mlsae.models.lens_training import lens_record, residual_lens_for
+    from mlsae.models.registry import load_model
 
     tmp_path, cache, pile = pythia_stand_in
     model, tokenizer = load_model("pythia-70m")

@@ -10,13 +10,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from mlsae import hub
 import torch
-from conftest import make_tiny_neox, make_tiny_tokenizer, put_in_hub_cache, save_tiny_model_dir
 
-from mlsae import models
-from mlsae.models import (
+from conftest import make_tiny_neox, make_tiny_tokenizer, put_in_hub_cache, save_tiny_model_dir
+from mlsae.core import hub
+from mlsae.models import registry as models
+from mlsae.models.registry import (
     REGISTRY,
     ZOO_NAMES,
     ModelNotAvailableError,
@@ -35,17 +34,17 @@ PAPER_SHAPES = {
 
 @pytest.fixture
 def fake_zoo(monkeypatch, tiny_model_dir):
-    """Replace mlsae.zoo by a stub whose ensure_zoo_model returns the tiny model folder."""
+    """Replace mlsae.models.zoo by a stub whose ensure_zoo_model returns the tiny model folder."""
     calls = []
 
     def ensure_zoo_model(name: str) -> Path:
         calls.append(name)
         return tiny_model_dir
 
-    stub = types.ModuleType("mlsae.zoo")
+    stub = types.ModuleType("mlsae.models.zoo")
     stub.ZOO = {"micro-m": types.SimpleNamespace(n_layers=3, d_model=32)}  # shape exposed by the spec
     stub.ensure_zoo_model = ensure_zoo_model
-    monkeypatch.setitem(sys.modules, "mlsae.zoo", stub)
+    monkeypatch.setitem(sys.modules, "mlsae.models.zoo", stub)
     return calls
 
 

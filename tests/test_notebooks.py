@@ -1,7 +1,7 @@
 """Every numbered notebook: executed once under nbval with the CI parameters, its key numbers compared with
 its reference within tolerances.
 
-Each notebook records its key numbers by name (``mlsae.records.record``); ``tests/references/NN_name.json``
+Each notebook records its key numbers by name (``mlsae.figures.records.record``); ``tests/references/NN_name.json``
 holds each one's value and tolerance (``notebook_references.py``; values rewritten by
 ``scripts/update_references.py``, tolerances set from the spread measured by ``scripts/measure_spread.py``,
 table in ``tests/references/README.md``). nbval executes every cell (an error fails), ``nbval_plugin.py``
@@ -18,10 +18,17 @@ import nbformat
 import pytest
 
 import nbval_plugin
-from mlsae import records
-from mlsae.notebooks import changed_parameters, figures_for, notebook_paths, parameter_names, run_notebook
-from notebook_references import (CI_PARAMETERS, check, compare, read_reference, reference_path, update_command,
-                                 update_reference)
+from mlsae.figures import records
+from mlsae.figures.notebooks import changed_parameters, figures_for, notebook_paths, parameter_names, run_notebook
+from notebook_references import (
+    CI_PARAMETERS,
+    check,
+    compare,
+    read_reference,
+    reference_path,
+    update_command,
+    update_reference,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +48,7 @@ def test_notebook_is_thin_parameterised_and_clean(path):
     assert len(tagged) == 1, "exactly one cell tagged 'parameters' (papermill injects after it)"
     assert "preset" in parameter_names(path)
     source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    assert "record(" in source, "no key number recorded (mlsae.records.record)"
+    assert "record(" in source, "no key number recorded (mlsae.figures.records.record)"
     assert "NBVAL_CHECK_OUTPUT" not in source and "rounded to the measured" not in source
     assert reference_path(path).is_file(), f"no reference: run `{update_command(path)}`"
     for c in nb.cells:
@@ -189,7 +196,7 @@ def test_a_5_percent_change_of_the_papers_estimator_fails_03_and_a_change_inside
 SYNTHETIC = [
     ("x = 1.0", {"tags": ["parameters"]}),
     ("import os, sys\nif os.environ.get('SYNTHETIC_STDERR'):\n    print('a warning', file=sys.stderr)", {}),
-    ("from mlsae.records import record\nprint(f'key number {x / 3:.3f}')\nrecord('third', x / 3)\n"
+    ("from mlsae.figures.records import record\nprint(f'key number {x / 3:.3f}')\nrecord('third', x / 3)\n"
      "record('label', 'x')", {}),
 ]
 

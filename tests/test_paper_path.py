@@ -12,10 +12,18 @@ import nbformat
 import pytest
 import torch
 
-from conftest import (HUB_SHA, make_tiny_neox, make_tiny_tokenizer, put_in_hub_cache, save_pythia_as_released,
-                      save_tiny_model_dir, write_pile_layout, write_released_mlsae)
-from mlsae.notebooks import run_notebook
-from mlsae.presets import HUB_DATA
+from conftest import (
+    HUB_SHA,
+    make_tiny_neox,
+    make_tiny_tokenizer,
+    put_in_hub_cache,
+    save_pythia_as_released,
+    save_tiny_model_dir,
+    write_pile_layout,
+    write_released_mlsae,
+)
+from mlsae.core.presets import HUB_DATA
+from mlsae.figures.notebooks import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 # A CPU-sized smoke test of the paper preset: its R = 64, k = 32, constant lr and unit-norm init, on a budget
@@ -29,7 +37,7 @@ def hub_machine(tmp_path, empty_hf_cache, monkeypatch):
     from transformers import GPT2Config, GPT2LMHeadModel
     from tuned_lens import TunedLens
 
-    from mlsae.models import load_model
+    from mlsae.models.registry import load_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(empty_hf_cache))  # for the notebook kernels (separate processes)
@@ -54,7 +62,7 @@ def test_pythia_as_its_repository_holds_it_loads_with_its_old_config_keys(hub_ma
     """The Pythia repositories' config.json predates ``rope_parameters`` (``rotary_pct``, ``rotary_emb_base``), the
     weights are fp16 and carry attention buffers that today's GPT-NeoX no longer has: the model loads in fp32 with
     the same rotary settings, computes what the fp16 weights compute, and says nothing about unused weights."""
-    from mlsae.models import load_model
+    from mlsae.models.registry import load_model
 
     model, tokenizer = load_model("pythia-70m")
     assert capfd.readouterr().err == ""
@@ -75,8 +83,8 @@ def test_a_released_tfm_checkpoint_names_its_model_and_lens_and_loads_only_its_s
     """The authors' ``-tfm`` checkpoints (their Lightning module, transformer included): the SAE is read from the
     ``autoencoder.`` tensors, the model from ``model_name``, the lens from ``tuned_lens``; a notebook analyses it
     through the pretrained lens, and `mlsae eval` needs no --model. Unsupported on main 0d8e133."""
-    from mlsae.__main__ import main
-    from mlsae.experiment import Experiment
+    from mlsae.cli import main
+    from mlsae.studies.experiment import Experiment
 
     tensors = write_released_mlsae(hub_machine / "tfm", d=32, m=64, k=4, last_nonzero=False,
                                    tfm="EleutherAI/pythia-70m-deduped", tuned_lens=True)
@@ -86,7 +94,9 @@ def test_a_released_tfm_checkpoint_names_its_model_and_lens_and_loads_only_its_s
     sae = exp.sae
     assert (sae.cfg.d_model, sae.cfg.n_latents, sae.cfg.k_aux, sae.cfg.dead_tokens) == (32, 64, 256, 10_000_000)
     assert torch.equal(sae.W_enc, tensors["encoder.weight"]) and torch.equal(sae.b_pre, tensors["pre_encoder_bias"])
-    from mlsae.studies import reconstruction_table  # notebook 02's table: the pretrained SAE's one row, nothing trained
+    from mlsae.studies.tables import (
+        reconstruction_table,  # notebook 02's table: the pretrained SAE's one row, nothing trained
+    )
 
     rows = reconstruction_table(exp, [exp.model])
     assert [(r["model"], r["tuned lens"]) for r in rows] == [("pythia-70m", True)]
@@ -105,7 +115,7 @@ def _executed_cleanly(path: Path) -> dict:
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     stderr = ["".join(o.get("text", ""))[:300] for o in outputs if o.get("name") == "stderr"]
     assert stderr == [], f"pink boxes on the hub path: {stderr}"
-    from mlsae.records import read_records
+    from mlsae.figures.records import read_records
 
     return read_records(c.get("outputs", []) for c in nb.cells if c.cell_type == "code")
 
@@ -127,7 +137,7 @@ def test_notebook_03_runs_the_paper_preset_on_hub_models_offline(hub_machine, mo
 @pytest.mark.parametrize("lens", [False, True])
 def test_the_cli_trains_pythia_under_the_paper_preset_on_the_pile_with_and_without_the_pretrained_lens(
         hub_machine, lens, capsys):
-    from mlsae.__main__ import main
+    from mlsae.cli import main
 
     argv = ["train", "--model", "pythia-70m", "--max-tokens", "2048", "--batch-size", "4", "--seq-len", "32",
             "--out", str(hub_machine / "run")] + (["--tuned-lens"] if lens else [])
@@ -151,7 +161,7 @@ RELEASED = "tim-lawson/mlsae-pythia-70m-deduped-x2-k4"  # the authors' naming: m
 def test_a_released_mlsae_is_evaluated_and_analysed_in_a_notebook_without_training(hub_machine, empty_hf_cache, capsys):
     """The authors' released layout from the hub cache: `mlsae eval` and notebook 04 (`-p pretrained_sae`, the
     model named by the id). On main 0d8e133 no notebook could analyse a released MLSAE."""
-    from mlsae.__main__ import main
+    from mlsae.cli import main
 
     put_in_hub_cache(empty_hf_cache, RELEASED, (write_released_mlsae(hub_machine / "released", d=32, m=64, k=4)
                                                 and hub_machine / "released"))

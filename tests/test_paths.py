@@ -6,10 +6,9 @@ import os
 import stat
 
 import pytest
-import torch
 
-from mlsae.paths import atomic_dir, atomic_write_text, build_once, run_lock
-from mlsae.sae import MLSAE, SAEConfig
+from mlsae.core.paths import atomic_dir, atomic_write_text, build_once, run_lock
+from mlsae.sae.model import MLSAE, SAEConfig
 
 
 def _mode(path) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from mlsae import progress
+from mlsae.core import progress
 
 
 def test_mlsae_progress_turns_every_bar_off(monkeypatch):

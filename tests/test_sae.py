@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import write_released_mlsae
-from mlsae.sae import (
+from mlsae.sae.model import (
     MLSAE,
     SAEConfig,
     dense_reference_loss,
@@ -123,7 +123,7 @@ def test_fit_encoder_scale_is_the_least_squares_scale():
 
 
 def test_train_config_encoder_init():
-    from mlsae.train import TrainConfig
+    from mlsae.training.train import TrainConfig
 
     base = TrainConfig()
     assert base.encoder_init == "unit"
@@ -223,7 +223,7 @@ def test_step_matches_dense_reference(n_dead):
     torch.testing.assert_close(out.loss, loss, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(out.fvu_per_layer, fvu, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(out.aux_loss, aux, rtol=1e-4, atol=1e-6)
-    for got, p in zip(fast, sae.parameters()):
+    for got, p in zip(fast, sae.parameters(), strict=True):
         scale = p.grad.abs().max()
         torch.testing.assert_close(got / scale, p.grad / scale, rtol=1e-4, atol=1e-4)
 
@@ -277,7 +277,7 @@ def test_load_paper_layout(tmp_path):
 
 
 def test_load_tfm_layout_reads_only_the_autoencoder(tmp_path):
-    from mlsae.sae import released_facts, sae_shape
+    from mlsae.sae.model import released_facts, sae_shape
 
     tensors = write_released_mlsae(tmp_path / "tfm", tfm="EleutherAI/pythia-70m-deduped")
     assert sae_shape(tmp_path / "tfm") == (16, 64, 4)

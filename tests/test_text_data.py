@@ -1,4 +1,4 @@
-"""mlsae.text (generated corpus) and mlsae.data (load_text, token_batches)."""
+"""mlsae.data.corpus (generated corpus) and mlsae.data.sources (load_text, token_batches)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,17 @@ import pytest
 import torch
 
 from conftest import HUB_SHA, PILE_SETS, put_in_hub_cache, write_pile_layout
-from mlsae.data import DataUnavailableError, load_text, token_batches
-from mlsae.text import (
-    IOI_PROMPT, NAMES, OBJECTS, PLACES, PRESETS, generate_documents, offline_corpus, write_corpus,
+from mlsae.data.corpus import (
+    IOI_PROMPT,
+    NAMES,
+    OBJECTS,
+    PLACES,
+    PRESETS,
+    generate_documents,
+    offline_corpus,
+    write_corpus,
 )
+from mlsae.data.sources import DataUnavailableError, load_text, token_batches
 
 IOI_RE = re.compile(r"When (\w+) and (\w+) went to the (\w+), (\w+) (\w+) an? (\w+) to (\w+)\.")
 
@@ -210,7 +217,7 @@ def test_only_the_files_of_the_split_are_read(tmp_path):
 def test_the_pile_from_the_hub_cache_offline_with_its_revision(tmp_path, empty_hf_cache, monkeypatch):
     """A hub-cache copy (refs/main -> snapshots/<sha>, files as blobs) is read in place, offline, without a
     prepared datasets cache; its identity names the revision. On main 0d8e133: DataUnavailableError."""
-    from mlsae.cache import data_identity
+    from mlsae.data.sources import data_identity
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pile = write_pile_layout(tmp_path / "download")
@@ -257,7 +264,7 @@ def test_zstd_without_zstandard_names_the_package(tmp_path, monkeypatch):
 def micro_tokenizer(micro_text):
     from transformers import AutoTokenizer
 
-    from mlsae.zoo import ensure_tokenizer
+    from mlsae.models.zoo import ensure_tokenizer
 
     return AutoTokenizer.from_pretrained(ensure_tokenizer("micro"))
 
@@ -283,7 +290,7 @@ def test_token_batches_max_tokens_streaming_and_determinism(micro_tokenizer, mic
     assert len(got) == 12 and all(b.shape == (4, 32) for b in got)
     assert len(list(token_batches(ds, tok, 32, 4, max_tokens=32 * 4 * 2 + 1))) == 3  # rounds up
     again = list(token_batches(load_text("offline:micro", split="test"), tok, 32, 4, max_tokens=32 * 4 * 12))
-    assert all(torch.equal(a, b) for a, b in zip(got, again))  # streaming == in-memory, deterministic
+    assert all(torch.equal(a, b) for a, b in zip(got, again, strict=True))  # streaming == in-memory, deterministic
     assert all((b != tok.eos_token_id).any() for b in got)
     assert any((b == tok.eos_token_id).any() for b in got)  # documents are separated by EOS
 
@@ -300,7 +307,7 @@ def test_token_batches_errors(micro_tokenizer, local_text):
 
 def test_long_documents_are_tokenised_in_slices_with_the_same_tokens(micro_tokenizer, tmp_path, monkeypatch):
     """One huge line is cut before spaces into slices: same ids as one call, one EOS at its end."""
-    import mlsae.data as data
+    import mlsae.data.sources as data
 
     words = ("Mary and John went to the store . " * 400).strip()
     (tmp_path / "train.txt").write_text(words + "\n" + "a short one\n")
@@ -319,7 +326,7 @@ def test_long_documents_are_tokenised_in_slices_with_the_same_tokens(micro_token
 
 
 def test_slices_cut_before_spaces_and_cover_the_text():
-    from mlsae.data import _slices
+    from mlsae.data.sources import _slices
 
     text = "ab cd ef gh " * 10
     pieces = list(_slices(text, 7))
@@ -344,7 +351,7 @@ class _Counting:
 def test_a_stream_resumes_from_its_position_without_re_tokenising_what_came_before(micro_tokenizer, micro_text,
                                                                                  monkeypatch, streaming):
     """Item 4 of the reproducibility contract: resuming at batch n costs the same whatever n is."""
-    import mlsae.data as data
+    import mlsae.data.sources as data
 
     monkeypatch.setattr(data, "ROWS_PER_CALL", 4)  # many refills, so positions fall inside and between them
 
@@ -365,7 +372,7 @@ def test_a_stream_resumes_from_its_position_without_re_tokenising_what_came_befo
         first = next(resumed)
         first_batch_cost.append(counting.texts)
         rest = [first, *resumed]
-        assert len(rest) == 40 - n and all(torch.equal(a, b) for a, b in zip(rest, reference[n:])), n
+        assert len(rest) == 40 - n and all(torch.equal(a, b) for a, b in zip(rest, reference[n:], strict=True)), n
     # texts tokenised before the first batch after the resume: the same at batch 39 as at batch 1
     assert max(first_batch_cost) <= min(first_batch_cost) + 8, first_batch_cost
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mlsae.metrics import evaluate
-from mlsae.models import load_model
-from mlsae.sae import MLSAE, SAEConfig
-from mlsae.train import TrainConfig, config_from_preset, train, train_many
-
 from conftest import write_word_corpus
+from mlsae.analysis.metrics import evaluate
+from mlsae.models.registry import load_model
+from mlsae.sae.model import MLSAE, SAEConfig
+from mlsae.training.train import TrainConfig, config_from_preset, train, train_many
+
 
 @pytest.fixture(scope="module")
 def text_dir(tmp_path_factory) -> Path:
@@ -48,9 +48,10 @@ def test_training_logs_metrics_lowers_fvu_and_saves(tiny_model_dir, text_dir, tm
 
 def test_a_trained_sae_says_what_it_was_trained_on_and_evaluates_from_its_folder(tiny_model_dir, text_dir, tmp_path,
                                                                                  capsys):
-    from mlsae.__main__ import main
-    from mlsae.cache import data_identity, model_identity
-    from mlsae.sae import read_provenance
+    from mlsae.cli import main
+    from mlsae.data.sources import data_identity
+    from mlsae.models.registry import model_identity
+    from mlsae.sae.model import read_provenance
 
     cfg = _cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 6)
     train(cfg, tmp_path / "run", progress=False)
@@ -72,7 +73,7 @@ def test_a_trained_sae_says_what_it_was_trained_on_and_evaluates_from_its_folder
 def test_same_seed_same_weights(tiny_model_dir, text_dir, tmp_path):
     a = train(_cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 8), tmp_path / "a", progress=False).sae
     b = train(_cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 8), tmp_path / "b", progress=False).sae
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
 
 
@@ -111,7 +112,7 @@ def test_resume_after_kill_gives_the_same_final_weights(tiny_model_dir, text_dir
 
 
 def test_non_finite_activations_stop_with_the_step_and_keep_the_last_checkpoint(tiny_model_dir, text_dir, tmp_path, monkeypatch):
-    import mlsae.train as train_module
+    import mlsae.training.train as train_module
 
     real = train_module.residual_batches
 
@@ -133,7 +134,7 @@ def test_non_finite_activations_stop_with_the_step_and_keep_the_last_checkpoint(
 
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder_and_no_lock_beside_it(tiny_model_dir, text_dir,
                                                                                            tmp_path, monkeypatch):
-    import mlsae.train as train_module
+    import mlsae.training.train as train_module
 
     real = train_module.residual_batches
 
@@ -184,7 +185,7 @@ def test_empty_data_set_is_a_clear_error(tiny_model_dir, tmp_path):
 
 
 def test_evaluation_per_layer_and_splicing(tiny_model_dir, text_dir, tmp_path):
-    from mlsae.data import load_text, token_batches
+    from mlsae.data.sources import load_text, token_batches
 
     sae = train(_cfg(tiny_model_dir, text_dir), tmp_path / "run", progress=False).sae
     model, tok = load_model(str(tiny_model_dir))
@@ -211,8 +212,8 @@ def test_evaluation_per_layer_and_splicing(tiny_model_dir, text_dir, tmp_path):
 
 
 def test_checkpoint_for_another_model_width_is_rejected(tiny_model_dir, text_dir, tmp_path):
-    from mlsae.metrics import check_sae_matches_model
-    from mlsae.sae import SAEConfig
+    from mlsae.analysis.metrics import check_sae_matches_model
+    from mlsae.sae.model import SAEConfig
 
     model, _ = load_model(str(tiny_model_dir))
     wrong = MLSAE(SAEConfig(d_model=48, n_latents=96, k=4))
@@ -222,7 +223,7 @@ def test_checkpoint_for_another_model_width_is_rejected(tiny_model_dir, text_dir
 
 def test_many_saes_from_one_model_pass_equal_each_trained_alone(tiny_model_dir, text_dir, tmp_path, monkeypatch):
     """train_many: MLSAE, a single-layer SAE and another R/k on one stream; bit-identical to train()."""
-    import mlsae.train as train_module
+    import mlsae.training.train as train_module
 
     short = dict(max_tokens=16 * 4 * 12)
     cfgs = [_cfg(tiny_model_dir, text_dir, **short), _cfg(tiny_model_dir, text_dir, layers=[1], **short),
@@ -238,9 +239,9 @@ def test_many_saes_from_one_model_pass_equal_each_trained_alone(tiny_model_dir, 
     monkeypatch.setattr(train_module, "residual_batches", counting)
     together = train_many(cfgs, [tmp_path / f"together{i}" for i in range(3)], progress=False)
     assert len(passes) == 1  # one pass of the language model for all three
-    for a, b in zip(alone, together):
+    for a, b in zip(alone, together, strict=True):
         assert a.steps == b.steps == 12 and a.tokens == b.tokens
-        for (name, p), q in zip(a.sae.state_dict().items(), b.sae.state_dict().values()):
+        for (name, p), q in zip(a.sae.state_dict().items(), b.sae.state_dict().values(), strict=True):
             assert torch.equal(p, q), name
         assert [m["loss"] for m in a.metrics] == [m["loss"] for m in b.metrics]
     assert together[1].sae.cfg.layers == [1]
@@ -303,7 +304,7 @@ def test_non_utf8_data_file_is_named_before_any_file_is_written(tiny_model_dir, 
 
 def _interrupted_run(tiny_model_dir, text_dir, out, monkeypatch, stop_at=7, **kw):
     """Train until step ``stop_at`` dies (a checkpoint exists at step 5), as a kill would leave it."""
-    import mlsae.train as train_module
+    import mlsae.training.train as train_module
 
     real = train_module._Run.end_step
 
@@ -368,8 +369,8 @@ def test_a_folder_being_trained_by_another_process_is_refused_and_the_cache_wait
 
     from filelock import FileLock
 
-    import mlsae.train as train_module
-    from mlsae.paths import lock_file
+    import mlsae.training.train as train_module
+    from mlsae.core.paths import lock_file
 
     def hold(path: Path, then=None):
         """Another process, played by a thread with its own lock on the same file."""
@@ -411,8 +412,8 @@ def test_a_folder_being_trained_by_another_process_is_refused_and_the_cache_wait
 
 
 def test_a_preset_means_the_same_in_the_cli_and_the_notebooks():
-    from mlsae.experiment import Experiment
-    from mlsae.presets import NOTEBOOK_PRESETS
+    from mlsae.core.presets import NOTEBOOK_PRESETS
+    from mlsae.studies.experiment import Experiment
 
     for preset in ("tiny", "default", "paper"):
         cli = config_from_preset(preset, model=NOTEBOOK_PRESETS[preset]["model"])
@@ -427,7 +428,7 @@ class _LensAsked(Exception):
 def test_training_and_evaluation_ask_for_the_same_lens(monkeypatch, tmp_path):
     """The bug this guards: under `tiny` the trainer took a 400k-token lens and the notebooks a
     40k-token one, so the SAE was trained in one basis and evaluated in another."""
-    from mlsae.experiment import Experiment
+    from mlsae.studies.experiment import Experiment
 
     asked = []
 
@@ -436,8 +437,8 @@ def test_training_and_evaluation_ask_for_the_same_lens(monkeypatch, tmp_path):
         asked.append((model_name, kwargs))
         raise _LensAsked
 
-    monkeypatch.setattr("mlsae.train.residual_lens_for", recorder)
-    monkeypatch.setattr("mlsae.lens_training.residual_lens_for", recorder)
+    monkeypatch.setattr("mlsae.training.train.residual_lens_for", recorder)
+    monkeypatch.setattr("mlsae.models.lens_training.residual_lens_for", recorder)
     for seed in (42, 7):
         exp = Experiment(preset="tiny", model="micro-s", tuned_lens=True, seed=seed)
         with pytest.raises(_LensAsked):
@@ -510,7 +511,7 @@ def test_wandb_tracker_without_wandb_is_a_clear_error(tiny_model_dir, text_dir, 
 
 def test_a_resume_starts_from_the_stored_stream_position_with_the_same_final_weights(tiny_model_dir, text_dir,
                                                                                       tmp_path, monkeypatch):
-    import mlsae.data as data
+    import mlsae.data.sources as data
 
     monkeypatch.setattr(data, "ROWS_PER_CALL", 1)  # count rows one at a time
     rows = []
@@ -529,23 +530,27 @@ def test_a_resume_starts_from_the_stored_stream_position_with_the_same_final_wei
     resumed = train(_cfg(tiny_model_dir, text_dir), tmp_path / "cut", progress=False).sae
     # the resumed run reads the rows of steps 6..30 only (a few rows of slack for the carried tokens)
     assert sum(rows) <= full_rows * 25 / 30 + 2, (sum(rows), full_rows)
-    for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values()):
+    for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
 
 
-def test_a_checkpoint_without_a_stream_position_still_resumes_exactly(tiny_model_dir, text_dir, tmp_path, monkeypatch):
-    """Checkpoints written before positions were stored re-read the stream to their step."""
-    full = train(_cfg(tiny_model_dir, text_dir), tmp_path / "full", progress=False).sae
+@pytest.mark.parametrize("missing", ["stream.safetensors", "train_config.json", "optimizer.safetensors"])
+def test_a_checkpoint_missing_a_file_is_refused_and_left_as_it_is(tiny_model_dir, text_dir, tmp_path, monkeypatch,
+                                                                  missing):
+    """Checkpoints are written whole (one folder renamed into place); one without a file is not ours to guess
+    at (earlier versions' formats are not read): a clear error naming what is missing, nothing rewritten."""
     _interrupted_run(tiny_model_dir, text_dir, tmp_path / "cut", monkeypatch)
-    (tmp_path / "cut" / "checkpoint" / "stream.safetensors").unlink()
-    resumed = train(_cfg(tiny_model_dir, text_dir), tmp_path / "cut", progress=False).sae
-    for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(p, q), name
+    ckpt = tmp_path / "cut" / "checkpoint"
+    (ckpt / missing).unlink()
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match=f"not a complete checkpoint.*missing {missing}.*--no-resume"):
+        train(_cfg(tiny_model_dir, text_dir), tmp_path / "cut", progress=False)
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()} == before
 
 
 def test_the_loss_scaler_state_is_in_the_checkpoint(tiny_model_dir, text_dir, tmp_path):
     """An fp16 run's dynamic loss scale (and its growth tracker) survive a resume."""
-    from mlsae.train import _load_checkpoint, _save_checkpoint
+    from mlsae.training.train import _load_checkpoint, _save_checkpoint
 
     cfg = _cfg(tiny_model_dir, text_dir)
     sae = MLSAE(SAEConfig(d_model=8, n_latents=16, k=2, layers=[0]))
@@ -568,7 +573,7 @@ def test_one_seeding_helper_seeds_everything_and_asks_for_determinism_when_told(
 
     import numpy as np
 
-    from mlsae.seeding import seed_everything
+    from mlsae.core.seeding import seed_everything
 
     draws = []
     for _ in range(2):
@@ -594,6 +599,6 @@ def test_on_cuda_two_runs_and_a_resume_agree_within_the_stated_tolerance(tiny_mo
     _interrupted_run(tiny_model_dir, text_dir, tmp_path / "cut", monkeypatch, device="cuda")
     c = train(_cfg(tiny_model_dir, text_dir, device="cuda"), tmp_path / "cut", progress=False).sae
     for other in (b, c):
-        for (name, p), q in zip(a.state_dict().items(), other.state_dict().values()):
+        for (name, p), q in zip(a.state_dict().items(), other.state_dict().values(), strict=True):
             if name != "tokens_since_fired":
                 assert (p.float() - q.float()).abs().max() <= 1e-4, name

@@ -1,4 +1,4 @@
-"""mlsae.zoo: the offline model zoo (micro models only; the default zoo is too slow for tests)."""
+"""mlsae.models.zoo: the offline model zoo (micro models only; the default zoo is too slow for tests)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ import time
 import pytest
 import torch
 
-from mlsae.lm_eval import evaluate_lm
-from mlsae.text import IOI_PROMPT
-from mlsae.zoo import (
-    DEFAULT_ZOO, ZOO, build_zoo, ensure_tokenizer, ensure_zoo_model, train_zoo_model,
+from mlsae.data.corpus import IOI_PROMPT
+from mlsae.models.lm_eval import evaluate_lm
+from mlsae.models.zoo import (
+    DEFAULT_ZOO,
+    ZOO,
+    build_zoo,
+    ensure_tokenizer,
+    ensure_zoo_model,
+    train_zoo_model,
 )
 
 MICRO = ("micro-s", "micro-m", "micro-l")
@@ -34,7 +39,7 @@ def test_zoo_specs_grow_in_depth_and_width():
 def test_seed_replicas_differ_from_their_model_only_in_seed_and_name():
     from dataclasses import replace
 
-    from mlsae.zoo import SPREAD_SEEDS
+    from mlsae.models.zoo import SPREAD_SEEDS
 
     for base in DEFAULT_ZOO:
         for seed in SPREAD_SEEDS:
@@ -47,7 +52,7 @@ def test_seed_replicas_differ_from_their_model_only_in_seed_and_name():
 def test_zoo_trainer_uses_a_fixed_thread_count_whatever_the_caller_set(micro_home, tmp_path):
     from safetensors.torch import load_file
 
-    from mlsae.zoo import ZOO_THREADS
+    from mlsae.models.zoo import ZOO_THREADS
 
     before = torch.get_num_threads()
     try:
@@ -78,8 +83,8 @@ def test_unknown_names_are_clear_errors(tmp_path, monkeypatch):
 def test_tokenizer_is_pythia_like_and_deterministic(micro_text):
     from transformers import AutoTokenizer
 
-    from mlsae.text import offline_corpus
-    from mlsae.zoo import TOKENIZER_VOCAB, train_tokenizer
+    from mlsae.data.corpus import offline_corpus
+    from mlsae.models.zoo import TOKENIZER_VOCAB, train_tokenizer
 
     tok = AutoTokenizer.from_pretrained(ensure_tokenizer("micro"))
     assert tok.eos_token == tok.bos_token == tok.unk_token == tok.pad_token == "<|endoftext|>"
@@ -96,7 +101,7 @@ def test_tokenizer_is_pythia_like_and_deterministic(micro_text):
 def test_micro_zoo_trains_reloads_and_beats_unigram(micro_home):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXForCausalLM
 
-    from mlsae.data import load_text, token_batches
+    from mlsae.data.sources import load_text, token_batches
 
     reports = build_zoo(list(MICRO), progress=False)  # built by the fixture: must be reused
     for name in MICRO:
@@ -155,7 +160,7 @@ def test_same_seed_same_weights(micro_home, tmp_path):
 
 @pytest.mark.slow
 def test_crash_leaves_nothing_and_broken_folders_are_rebuilt(micro_zoo_home, tmp_path, monkeypatch):
-    import mlsae.zoo as zoo
+    import mlsae.models.zoo as zoo
 
     home = tmp_path / "home"
     shutil.copytree(micro_zoo_home, home)
@@ -203,7 +208,7 @@ def test_neox_digests_are_unchanged_by_the_arch_field():
 def test_family_specs_mirror_their_neox_counterparts():
     from dataclasses import replace
 
-    from mlsae.models import ZOO_NAMES
+    from mlsae.models.registry import ZOO_NAMES
 
     assert set(ZOO) == set(ZOO_NAMES)  # the static registry list knows every zoo model
     digests = [s.digest() for s in ZOO.values()]
@@ -225,7 +230,7 @@ def test_family_specs_mirror_their_neox_counterparts():
 def test_micro_family_models_train_beat_unigram_and_expose_residual_streams(micro_home):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, LlamaForCausalLM
 
-    from mlsae.activations import logits_from_layer, residual_streams
+    from mlsae.models.residuals import logits_from_layer, residual_streams
 
     reports = build_zoo(list(FAMILY_MICRO), progress=False)
     for name in FAMILY_MICRO:

@@ -1,0 +1,180 @@
+"""Command line: ``python -m mlsae {train,eval,zoo}``.
+
+Examples::
+
+    python -m mlsae zoo                                   # build the offline model zoo
+    python -m mlsae train --model zoo-m --preset default  # MLSAE on an offline zoo model
+    python -m mlsae train --model pythia-70m --expansion-factor 64 -k 32 --tuned-lens
+    python -m mlsae eval ~/.cache/mlsae/saes/<run> --tokens 50000    # model, data, lens from the run
+    torchrun --standalone --nproc-per-node 2 -m mlsae train --model zoo-m   # data-parallel, 2 processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from mlsae.training.train import TrainConfig
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layers takes comma-separated integers like 0,3; got {text!r}") from None
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One flag per dataclass field (``--expansion-factor``, ``-k`` too for one-letter names), typed from the
+    annotation, its help from the field's comment; every default is None, so only what is given
+    overrides the preset."""
+    import typing
+
+    hints, helps = typing.get_type_hints(cls), cls.field_help()
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flags = [f"--{f.name.replace('_', '-')}"] + ([f"-{f.name}"] if len(f.name) == 1 else [])
+        help = f"{helps.get(f.name, '')} [preset's value, else {f.default!r}]".strip()
+        kind = hints[f.name]
+        if kind is bool:
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
+        elif kind in (int, float, str):
+            parser.add_argument(*flags, dest=f.name, type=kind, default=None, help=help)
+        elif kind == (list[int] | None):
+            parser.add_argument(*flags, dest=f.name, type=_layers, default=None, help=help)
+        else:  # a new field of another type must say how it is parsed
+            raise TypeError(f"no command-line parser for {cls.__name__}.{f.name}: {kind}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command line (``argv``, default ``sys.argv[1:]``); the exit status."""
+    parser = argparse.ArgumentParser(prog="mlsae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an MLSAE (or a single-layer SAE with --layers)")
+    t.add_argument("--model", required=True, help=TrainConfig.field_help()["model"])
+    t.add_argument("--preset", default=None, help="paper | default | tiny: where every value not given starts "
+                   "(default: 'paper' for hub models, 'default' for the zoo)")
+    _add_config_flags(t, TrainConfig, skip=("model", "preset"))
+    t.add_argument("--out", type=Path, default=None, help="output folder (default: the shared cache)")
+    t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
+
+    e = sub.add_parser("eval", help="evaluate a saved SAE on held-out text")
+    e.add_argument("run", type=Path, nargs="?", default=None,
+                   help="a training run's folder (or its sae/ folder, or a hub id): model, data and lens are read "
+                        "from its provenance.json")
+    e.add_argument("--sae", type=Path, default=None, help="folder written by save_pretrained (instead of RUN)")
+    e.add_argument("--model", default=None, help="default: the model the SAE was trained on")
+    e.add_argument("--data", default=None, help="default: the data the SAE was trained on (its test split)")
+    e.add_argument("--tokens", type=int, default=50_000)
+    e.add_argument("--seq-len", type=int, default=None, help="default: the training run's")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--tuned-lens", action=argparse.BooleanOptionalAction, default=None,
+                   help="default: as the SAE was trained")
+    e.add_argument("--device", default="cpu")
+
+    z = sub.add_parser("zoo", help="build the offline model zoo and print its report")
+    z.add_argument("names", nargs="*", help="zoo models to build (default: the whole default zoo)")
+
+    f = sub.add_parser("figures", help="run every numbered notebook in order with papermill")
+    f.add_argument("--preset", default="default", help="notebook preset: default | tiny | paper")
+    f.add_argument("--only", nargs="*", default=None, help="notebook number prefixes, e.g. 01 03")
+    f.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="extra papermill parameter for every notebook (value parsed as JSON when possible)")
+
+    args = parser.parse_args(argv)
+    commands = {"train": _train, "eval": _eval, "figures": _figures, "zoo": _zoo}
+    try:
+        return commands[args.command](args)
+    except (ValueError, TypeError, OSError, RuntimeError, ConnectionError, FloatingPointError) as err:
+        # Expected failures (a missing model, bad input, non-finite training) are messages, not tracebacks.
+        print(f"mlsae {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _train(args) -> int:
+    from mlsae.models.registry import resolve_model
+    from mlsae.training import distributed
+    from mlsae.training.train import config_from_preset, train
+
+    preset = args.preset or ("default" if resolve_model(args.model).kind == "zoo" else "paper")
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if f.name not in ("model", "preset") and getattr(args, f.name) is not None}
+    cfg = config_from_preset(preset, model=args.model, **overrides)
+    with distributed.process_group(cfg.device) as group:  # under torchrun: this process's rank; else one process
+        result = train(cfg, args.out, resume=not args.no_resume)
+        if group.main:
+            last = result.metrics[-1] if result.metrics else {}
+            print(json.dumps({"out": str(result.out_dir), "data": cfg.data, "steps": result.steps, "tokens": result.tokens,
+                              "seconds": round(result.seconds, 1), "fvu": last.get("fvu"), "processes": group.world}))
+    return 0
+
+
+def _eval(args) -> int:
+    from mlsae.analysis.metrics import evaluate
+    from mlsae.data.sources import load_text, token_batches
+    from mlsae.models.lens import IDENTITY
+    from mlsae.models.lens_training import residual_lens_for
+    from mlsae.models.registry import load_model
+    from mlsae.sae.model import MLSAE, read_provenance, sae_folder
+    from mlsae.studies.experiment import lens_of_sae, model_of_sae
+
+    if (args.run is None) == (args.sae is None):
+        raise ValueError("give the run folder (mlsae eval RUN_DIR) or --sae FOLDER, one of the two")
+    where = args.sae or args.run
+    folder = sae_folder(where)  # a run's sae/, an SAE folder or a hub id in the cache
+    sae = MLSAE.from_pretrained(folder).to(args.device)  # a missing or torn SAE fails before the model loads
+    saved = read_provenance(folder)
+    model_name = args.model or model_of_sae(where, folder, flag="--model")
+    if saved.get("train_config"):
+        cfg = TrainConfig(**{**saved["train_config"], "model": model_name, "device": "cpu",
+                             **({"data": args.data} if args.data else {})})
+    else:  # a released SAE, or one without provenance: the model's own text and context, said out loud
+        from mlsae.training.train import config_from_preset
+
+        cfg = config_from_preset("paper", model=model_name, data=args.data)
+        print(f"{where} has no provenance: evaluating on {cfg.data} (test split) at {args.seq_len or cfg.seq_len} "
+              "positions (--data and --seq-len choose others)", flush=True)
+    tuned_lens = lens_of_sae(where, folder) if args.tuned_lens is None else args.tuned_lens
+    model, tokenizer = load_model(model_name, device=args.device)
+    lens = residual_lens_for(model_name, model, tokenizer, **cfg.lens_kwargs()) if tuned_lens else IDENTITY
+    batches = token_batches(load_text(cfg.data, split="test"), tokenizer, args.seq_len or cfg.seq_len, args.batch_size,
+                            max_tokens=args.tokens)
+    result = evaluate(model, tokenizer, sae, batches, lens=lens)
+    for row in result.rows():
+        print(json.dumps(row))
+    return 0
+
+
+def _figures(args) -> int:
+    from mlsae.figures.notebooks import EXECUTED, run_all, summary, write_summary
+
+    params = {"preset": args.preset}
+    for name, value in args.parameter:
+        try:
+            params[name] = json.loads(value)
+        except json.JSONDecodeError:
+            params[name] = value
+    runs = run_all(params, only=args.only)
+    write_summary(runs, EXECUTED / "summary.json")
+    print(summary(runs))
+    print(f"executed notebooks: {EXECUTED}")
+    print("figures: figures/ for the notebooks' default parameters, outputs/figures/ for any other "
+          "($MLSAE_FIGURES overrides both)")
+    return 0 if runs and all(r.ok for r in runs) else 1
+
+
+def _zoo(args) -> int:
+    from mlsae.models.zoo import build_zoo
+
+    reports = build_zoo(args.names or None)
+    print(json.dumps(reports, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

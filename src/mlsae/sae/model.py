@@ -1,0 +1,576 @@
+"""The multi-layer SAE (PAPER.md §1): one TopK sparse autoencoder trained on every layer's residual stream.
+
+A batch of T tokens from L layers is L*T examples; the layer index is never an input. Each vector
+is standardised (centred over its d entries, divided by its std), encoded as
+``z = TopK(W_enc (x_std - b_pre))`` (ReLU of the k largest, no encoder bias), decoded as
+``x_hat_std = W_dec z + b_pre`` and mapped back to the input space. A single-layer baseline SAE is
+the same class with one layer.
+
+The loss lives in the standardised space: the mean over layers of each layer's FVU plus
+``auxk_coef`` times AuxK (the top ``k_aux`` dead latents reconstruct the residual error).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from mlsae.core.paths import atomic_dir
+from mlsae.sae.kernels import sparse_decode, topk_encode
+
+EPS = 1e-5  # standardisation
+WEIGHTS_FILE, CONFIG_FILE, PROVENANCE_FILE = "model.safetensors", "config.json", "provenance.json"
+FORMAT = "mlsae"
+# The released MLSAEs (tim-lawson/mlsae) count dead latents in optimiser steps of 64 x 2048 tokens,
+# and advance ``last_nonzero`` once per forward pass over one 2048-token sequence.
+PAPER_TOKENS_PER_STEP, PAPER_TOKENS_PER_FORWARD = 64 * 2048, 2048
+
+
+@dataclass
+class SAEConfig:
+    """Shape and training hyperparameters of an MLSAE (defaults from PAPER.md §1)."""
+
+    d_model: int
+    n_latents: int
+    k: int
+    k_aux: int = 256  # dead latents that reconstruct the residual error (0 disables AuxK)
+    auxk_coef: float = 1 / 32
+    dead_tokens: int = 10_000_000  # a latent is dead after this many tokens (not examples) unfired
+    dead_threshold: float = 1e-3  # "fired" means value > this
+    standardize: bool = True
+    layers: list[int] | None = None  # model layers trained on; one layer for a baseline SAE
+
+    def __post_init__(self) -> None:
+        if self.d_model <= 0:
+            raise ValueError(f"d_model={self.d_model} must be positive: pass the residual width, e.g. 512")
+        if self.n_latents <= 0:
+            raise ValueError(
+                f"n_latents={self.n_latents} must be positive: use expansion_factor * d_model, e.g. 64 * 512"
+            )
+        if not 0 < self.k <= self.n_latents:
+            raise ValueError(f"k={self.k} must be in 1..n_latents={self.n_latents}: pick e.g. k=32")
+        if self.k_aux < 0:
+            raise ValueError(f"k_aux={self.k_aux} must be >= 0 (0 disables AuxK; the paper uses 256)")
+        if self.auxk_coef < 0:
+            raise ValueError(f"auxk_coef={self.auxk_coef} must be >= 0 (the paper uses 1/32)")
+        if self.dead_tokens <= 0:
+            raise ValueError(f"dead_tokens={self.dead_tokens} must be positive (the paper uses 10_000_000)")
+        if self.layers is not None:
+            self.layers = [int(layer) for layer in self.layers]
+
+    @classmethod
+    def from_expansion_factor(cls, d_model: int, expansion_factor: float, k: int, **kw) -> SAEConfig:
+        """n_latents = expansion_factor * d_model (the paper's R)."""
+        if expansion_factor <= 0:
+            raise ValueError(f"expansion_factor={expansion_factor} must be positive (the paper uses 1..256)")
+        n_latents = int(round(expansion_factor * d_model))
+        return cls(d_model=d_model, n_latents=n_latents, k=k, **kw)
+
+    @property
+    def expansion_factor(self) -> float:
+        return self.n_latents / self.d_model
+
+
+@dataclass
+class SAEOutput:
+    """What one forward pass gives: the reconstruction, the top-k latents, the loss and its parts."""
+    x_hat: Tensor  # [layer, token, d] reconstruction in the input space
+    top_values: Tensor  # [layer, token, k] post-ReLU, unordered
+    top_indices: Tensor  # [layer, token, k]
+    loss: Tensor  # [] mean layer FVU + auxk_coef * aux_loss
+    fvu_per_layer: Tensor  # [layer] detached, standardised space
+    aux_loss: Tensor  # [] AuxK (0 outside training or with no dead latents)
+
+
+def standardize(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Centre each vector over its last dim and divide by its std + eps -> (x_std, mean, scale).
+
+    ``x = x_std * scale + mean``. The unbiased std matches the released MLSAEs.
+    """
+    mean = x.mean(-1, keepdim=True)
+    x = x - mean
+    scale = x.std(-1, keepdim=True) + EPS
+    return x / scale, mean, scale
+
+
+# Sums a tensor over the data-parallel ranks (mlsae.training.distributed.Group.sum); None in one process.
+Reduce = Callable[[Tensor], Tensor]
+
+
+def _global_spread(x: Tensor, dim: int, reduce: Reduce) -> Tensor:
+    """sum ||x - mean(x)||^2 over ``dim`` and the last dim, the mean and the sum taken over every rank's x."""
+    n = reduce(x.new_tensor(float(x.shape[dim])))
+    mean = reduce(x.sum(dim, keepdim=True)) / n
+    return reduce((x - mean).pow(2).sum((dim, -1)))
+
+
+def layer_fvu(x: Tensor, x_hat: Tensor, reduce: Reduce | None = None) -> Tensor:
+    """FVU per layer: sum ||x - x_hat||^2 / sum ||x - mean_tokens(x)||^2. x, x_hat [L, T, d] -> [L].
+
+    With ``reduce`` (data-parallel training) the variance is the global batch's and the result is this
+    rank's share: the shares of all ranks sum to the FVU of the whole batch.
+    """
+    x, x_hat = _at_least_fp32(x), _at_least_fp32(x_hat)
+    sse = (x_hat - x).pow(2).sum((1, 2))
+    var = (x - x.mean(1, keepdim=True)).pow(2).sum((1, 2)) if reduce is None else _global_spread(x, 1, reduce)
+    return sse / var.clamp_min(torch.finfo(var.dtype).tiny)
+
+
+def aux_fvu(e: Tensor, e_hat: Tensor, reduce: Reduce | None = None) -> Tensor:
+    """AuxK: ||e - e_hat||^2 normalised by the variance of the error e (over all examples). [n, d] -> [].
+    With ``reduce``, this rank's share of the global batch's value (as :func:`layer_fvu`)."""
+    e, e_hat = _at_least_fp32(e), _at_least_fp32(e_hat)
+    var = (e - e.mean(0)).pow(2).sum() if reduce is None else _global_spread(e, 0, reduce)
+    return (e_hat - e).pow(2).sum() / var.clamp_min(torch.finfo(var.dtype).tiny)
+
+
+def _rowwise_dot(a: Tensor, b: Tensor, chunk: int = 1024) -> Tensor:
+    """[m, d] x [m, d] -> [m]; chunked so the product temporaries stay in cache (about 4x faster)."""
+    out = a.new_empty(a.shape[0])
+    for i in range(0, a.shape[0], chunk):
+        torch.linalg.vecdot(a[i : i + chunk], b[i : i + chunk], dim=1, out=out[i : i + chunk])
+    return out
+
+
+def _at_least_fp32(t: Tensor) -> Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+@torch.no_grad()
+def geometric_median(points: Tensor, max_iter: int = 200, tol: float = 1e-7) -> Tensor:
+    """Weiszfeld iterations for argmin_m sum_i ||points_i - m|| (points [n, d] -> [d]), in float64."""
+    p = points.double()
+    med = p.mean(0)
+    for _ in range(max_iter):
+        w = 1 / torch.linalg.vector_norm(p - med, dim=1).clamp_min(1e-12)  # [n]
+        new = (w[:, None] * p).sum(0) / w.sum()
+        done = torch.linalg.vector_norm(new - med) <= tol * (1 + torch.linalg.vector_norm(med))
+        med = new
+        if done:
+            break
+    return med.to(points.dtype)
+
+
+class MLSAE(nn.Module):
+    """TopK SAE over the residual vectors of every layer (see module docstring).
+
+    Parameters: ``W_enc`` [n_latents, d], ``W_dec_rows`` [n_latents, d] and ``b_pre`` [d]; buffer
+    ``tokens_since_fired`` [n_latents]. The decoder ``W_dec`` [d, n_latents] (unit-norm columns) is
+    the view ``W_dec_rows.T``: stored row-major so that each latent's decoder vector is contiguous,
+    which ``embedding_bag`` and fused Adam need to be fast. Its gradient lives on ``W_dec_rows``.
+    """
+
+    tokens_since_fired: Tensor  # a registered buffer (nn.Module's attribute lookup does not say so)
+
+    def __init__(self, cfg: SAEConfig, *, device: torch.device | str | None = None, dtype=torch.float32):
+        super().__init__()
+        self.cfg = cfg
+        W = torch.randn(cfg.n_latents, cfg.d_model, device=device, dtype=dtype)
+        W /= torch.linalg.vector_norm(W, dim=1, keepdim=True)
+        self.W_enc = nn.Parameter(W.clone())  # [m, d]
+        self.W_dec_rows = nn.Parameter(W.clone())  # [m, d]; W_dec = W_enc.T at init
+        self.b_pre = nn.Parameter(torch.zeros(cfg.d_model, device=device, dtype=dtype))
+        counter = torch.zeros(cfg.n_latents, dtype=torch.long, device=device)
+        self.register_buffer("tokens_since_fired", counter)  # [m], saved with the model
+        self.chunk_rows: int | None = None  # rows per pre-activation chunk; None: kernels.CHUNK_ELEMS
+
+    @property
+    def W_dec(self) -> Tensor:
+        """[d, n_latents] decoder, a view of ``W_dec_rows``."""
+        return self.W_dec_rows.t()
+
+    # --- encoding and decoding -------------------------------------------------------------------
+
+    def _standardize(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x = x.to(self.W_enc.dtype)
+        if self.cfg.standardize:
+            return standardize(x)
+        return x, x.new_zeros(()), x.new_ones(())
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Latents of input-space vectors x [n, d] -> (values [n, k] post-ReLU, indices [n, k])."""
+        x_std, _, _ = self._standardize(x)
+        return self._encode_std(x_std)
+
+    def _encode_std(self, x_std: Tensor) -> tuple[Tensor, Tensor]:
+        values, indices, _ = topk_encode(x_std, self.b_pre, self.W_enc, self.cfg.k, chunk_rows=self.chunk_rows)
+        return values.relu(), indices
+
+    def decode(self, values: Tensor, indices: Tensor) -> Tensor:
+        """Reconstruction in the STANDARDISED space, ``W_dec z + b_pre`` -> [n, d].
+
+        Map back with the input's (mean, scale) from ``standardize``, or use ``reconstruct``.
+        """
+        return sparse_decode(values, indices, self.W_dec_rows) + self.b_pre
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Input-space reconstruction of x [..., d] -> [..., d] (the layer index plays no role)."""
+        shape = x.shape
+        x_std, mean, scale = self._standardize(x.reshape(-1, shape[-1]))
+        x_hat = self.decode(*self._encode_std(x_std)) * scale + mean
+        return x_hat.reshape(shape)
+
+    # --- training --------------------------------------------------------------------------------
+
+    def dead_mask(self) -> Tensor:
+        """[n_latents] bool: latents unfired for at least ``dead_tokens`` tokens."""
+        return self.tokens_since_fired >= self.cfg.dead_tokens
+
+    def forward(self, x: Tensor, reduce: Reduce | None = None) -> SAEOutput:
+        """x [layer, token, d] -> SAEOutput. In training mode also computes AuxK and advances the
+        dead-latent counters by T tokens (the dead set used is the one from before this batch).
+
+        ``reduce`` (data-parallel training, :mod:`mlsae.training.distributed`) sums a tensor over the ranks: the
+        losses become this rank's share of the global batch's, and the dead-latent counters advance by
+        the global token count, a latent that fired on any rank counting as fired."""
+        if x.ndim != 3 or x.shape[-1] != self.cfg.d_model:
+            raise ValueError(
+                f"expected x of shape [layer, token, d_model={self.cfg.d_model}], got {tuple(x.shape)}; "
+                "for a single layer pass x[None]"
+            )
+        L, T, d = x.shape
+        x_std, mean, scale = self._standardize(x)  # [L, T, d], [L, T, 1] x2
+        flat = x_std.reshape(L * T, d)
+        cfg = self.cfg
+        use_aux = self.training and cfg.k_aux > 0 and cfg.auxk_coef > 0
+        dead = torch.nonzero(self.dead_mask()).squeeze(1) if use_aux else None  # [n_dead]
+        values, indices, pre_dead = topk_encode(flat, self.b_pre, self.W_enc, cfg.k, dead, self.chunk_rows)
+        values = values.relu()
+        x_hat_std = self.decode(values, indices)  # [L*T, d]
+
+        fvu = layer_fvu(x_std, x_hat_std.view(L, T, d), reduce)
+        aux_loss = self._aux_loss(flat, x_hat_std, pre_dead, dead, reduce) if dead is not None else fvu.new_zeros(())
+        loss = fvu.mean() + cfg.auxk_coef * aux_loss
+        if self.training:
+            self._count_dead(values, indices, n_tokens=T, reduce=reduce)
+        return SAEOutput(
+            x_hat=x_hat_std.view(L, T, d) * scale + mean,
+            top_values=values.view(L, T, -1),
+            top_indices=indices.view(L, T, -1),
+            loss=loss,
+            fvu_per_layer=fvu.detach(),
+            aux_loss=aux_loss,
+        )
+
+    def _aux_loss(self, x_std: Tensor, x_hat_std: Tensor, pre_dead: Tensor, dead: Tensor,
+                  reduce: Reduce | None = None) -> Tensor:
+        """Top k_aux dead latents reconstruct the (detached) error x_std - x_hat_std.
+
+        A small dense problem over the dead latents only: z [n, n_dead] @ their decoder rows.
+        """
+        if dead.numel() == 0:
+            return _at_least_fp32(x_std.new_zeros(()))
+        k_aux = min(self.cfg.k_aux, dead.numel())
+        v, i = pre_dead.topk(k_aux, dim=1, sorted=False)  # [n, k_aux], local to dead
+        z = torch.zeros_like(pre_dead).scatter(1, i, v.relu())  # [n, n_dead]
+        e_hat = z @ self.W_dec_rows.index_select(0, dead)  # [n, d]; no bias: it models an error
+        e = (x_std - x_hat_std).detach()
+        return aux_fvu(e, e_hat, reduce)
+
+    @torch.no_grad()
+    def _count_dead(self, values: Tensor, indices: Tensor, n_tokens: int, reduce: Reduce | None = None) -> None:
+        fired = torch.zeros_like(self.tokens_since_fired, dtype=torch.bool)
+        fired[indices[values > self.cfg.dead_threshold]] = True
+        if reduce is not None:  # fired on any rank; the global batch's tokens
+            fired = reduce(fired.to(torch.int32)) > 0
+            n_tokens = int(reduce(torch.tensor(n_tokens, device=fired.device)))
+        self.tokens_since_fired += n_tokens
+        self.tokens_since_fired[fired] = 0
+
+    @torch.no_grad()
+    def init_b_pre_(self, x: Tensor) -> None:
+        """Set b_pre to the geometric median of a batch x [..., d], in the standardised space."""
+        x_std, _, _ = self._standardize(x.reshape(-1, x.shape[-1]))
+        self.b_pre.copy_(geometric_median(x_std))
+
+    @torch.no_grad()
+    def fit_encoder_scale_(self, x: Tensor) -> float:
+        """Scale ``W_enc`` by the least-squares factor that makes a batch x [..., d] best reconstructed.
+
+        With unit-norm encoder rows, the k top pre-activations of random directions each add ~3 units
+        along nearly orthogonal decoder vectors, so the initial reconstruction overshoots by about
+        ``sqrt(k / d)`` times (zoo-s, d = 64, k = 256: FVU 58 over the first steps), which a short run
+        does not recover from.
+        ReLU and top-k are positively homogeneous, so scaling the encoder scales the latent part of
+        the reconstruction exactly; call after :meth:`init_b_pre_`. Returns the factor.
+        """
+        x_std, _, _ = self._standardize(x.reshape(-1, x.shape[-1]))
+        part = self.decode(*self._encode_std(x_std)) - self.b_pre  # [n, d]: W_dec z
+        scale = float((part * (x_std - self.b_pre)).sum() / part.pow(2).sum().clamp_min(1e-12))
+        scale = max(scale, 1e-3)  # a non-positive fit would switch every latent off
+        self.W_enc.mul_(scale)
+        return scale
+
+    @torch.no_grad()
+    def project_decoder_grads_(self) -> None:
+        """Remove from each decoder column's gradient its component along that column (after backward)."""
+        W, G = self.W_dec_rows, self.W_dec_rows.grad  # [m, d]
+        if G is None:
+            return
+        coef = _rowwise_dot(G, W) / _rowwise_dot(W, W)  # [m]
+        G.addcmul_(coef.neg().unsqueeze(1), W)
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Renormalise decoder columns to unit norm (after each optimiser step)."""
+        W = self.W_dec_rows  # [m, d]
+        W.div_(torch.linalg.vector_norm(W, dim=1, keepdim=True).clamp_min(1e-12))
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path, provenance: dict | None = None) -> None:
+        """Write ``model.safetensors`` + ``config.json`` into directory ``path`` atomically; with
+        ``provenance`` (what it was trained on, see :func:`mlsae.training.train`), also ``provenance.json`` and a
+        generated model card ``README.md``, as on the Hugging Face hub."""
+        tensors = {
+            "W_enc": self.W_enc,
+            "W_dec": self.W_dec,
+            "b_pre": self.b_pre,
+            "tokens_since_fired": self.tokens_since_fired,
+        }
+        tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+        config = {"format": FORMAT, "format_version": 1, **asdict(self.cfg)}
+        with atomic_dir(Path(path)) as tmp:
+            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+            if provenance is not None:
+                (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+                (tmp / "README.md").write_text(model_card(self.cfg, provenance))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        device: torch.device | str | None = None,
+        tokens_per_step: int = PAPER_TOKENS_PER_STEP,
+        tokens_per_forward: int = PAPER_TOKENS_PER_FORWARD,
+    ) -> MLSAE:
+        """Load a directory written by ``save_pretrained`` or a released MLSAE (hub layout); ``path`` may
+        also be a Hugging Face hub id (``org/name``), taken from the local cache or downloaded.
+
+        The layout is detected from ``config.json`` (:func:`released_layout`). Released checkpoints count dead
+        latents in steps: ``dead_tokens = dead_steps_threshold * tokens_per_step`` and
+        ``tokens_since_fired = last_nonzero * tokens_per_forward`` (the paper's run: 64 sequences of 2048
+        tokens per step, one sequence per forward; a ``-tfm`` checkpoint states its own). ``auxk: null`` becomes
+        ``k_aux=0``. Only the SAE's tensors are read, so a ``-tfm`` file's transformer weights stay on disk.
+        """
+        path = _local_or_hub(path)
+        config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+        for p in (config_path, weights_path):
+            if not p.is_file():
+                raise FileNotFoundError(
+                    f"{p}: missing; expected a directory written by MLSAE.save_pretrained "
+                    "or a released MLSAE (config.json + model.safetensors)"
+                )
+        raw = _read_config(config_path)
+        layout = released_layout(raw)
+        prefix = "autoencoder." if layout == "tfm" else ""
+        try:
+            with safe_open(str(weights_path), framework="pt") as f:
+                shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+                wanted = {"encoder.weight", "decoder.weight", "pre_encoder_bias", "last_nonzero"} if layout else \
+                    {"W_enc", "W_dec", "b_pre", "tokens_since_fired"}
+                tensors = {key[len(prefix):]: f.get_tensor(key) for key in shapes if key[len(prefix):] in wanted
+                           and key.startswith(prefix)}
+        except Exception as err:  # safetensors raises its own error type for a torn or foreign file
+            raise ValueError(
+                f"{weights_path}: cannot be read ({err}); the file is truncated or not a safetensors file, e.g. "
+                "from a run killed while writing. Delete its folder and train again (a training run resumes "
+                "from its last complete checkpoint)"
+            ) from None
+        if layout:  # released (tim-lawson/mlsae TopKSAE, or the autoencoder inside an MLSAETransformer)
+            if layout == "tfm":
+                tokens_per_forward = raw.get("batch_size", 1) * raw.get("max_length", 2048)
+                tokens_per_step = tokens_per_forward * raw.get("accumulate_grad_batches", 64)
+            try:
+                d_model = raw["n_inputs"] if layout == "sae" else shapes[prefix + "encoder.weight"][1]
+                n_latents = raw["n_latents"] if layout == "sae" else d_model * raw["expansion_factor"]
+                dead_steps = raw.get("dead_steps_threshold")
+                cfg = SAEConfig(
+                    d_model=d_model,
+                    n_latents=n_latents,
+                    k=raw["k"],
+                    k_aux=raw.get("auxk") or 0,
+                    dead_tokens=dead_steps * tokens_per_step if dead_steps else raw["dead_tokens_threshold"],
+                    dead_threshold=raw.get("dead_threshold", 1e-3),
+                    standardize=raw.get("standardize", True),
+                    layers=raw.get("layers"),
+                )
+            except KeyError as err:
+                raise ValueError(f"{config_path}: released-MLSAE config (or {weights_path}) lacks {err}") from None
+            names = {"W_enc": "encoder.weight", "W_dec": "decoder.weight", "b_pre": "pre_encoder_bias"}
+            counter = tensors.get("last_nonzero")
+            fired = None if counter is None else counter.long() * tokens_per_forward
+        else:
+            known = {f.name for f in fields(SAEConfig)}
+            unknown = set(raw) - known - {"format", "format_version"}
+            if unknown:
+                raise ValueError(f"{config_path}: unknown config keys {sorted(unknown)}")
+            cfg = SAEConfig(**{key: raw[key] for key in raw if key in known})
+            names = {"W_enc": "W_enc", "W_dec": "W_dec", "b_pre": "b_pre"}
+            fired = tensors.get("tokens_since_fired")
+        where = f"{weights_path} (tensors autoencoder.*)" if layout == "tfm" else str(weights_path)
+
+        d, m = cfg.d_model, cfg.n_latents
+        sae = cls(cfg, device="meta").to_empty(device=device or "cpu")  # skip the random init
+        targets = {"W_enc": (sae.W_enc, (m, d)), "W_dec": (sae.W_dec, (d, m)), "b_pre": (sae.b_pre, (d,))}
+        with torch.no_grad():
+            for attr, key in names.items():
+                if key not in tensors:
+                    raise ValueError(f"{where}: missing tensor {prefix + key!r} (has {sorted(shapes)[:12]})")
+                target, shape = targets[attr]
+                if tuple(tensors[key].shape) != shape:
+                    raise ValueError(
+                        f"{where}: {key!r} has shape {tuple(tensors[key].shape)}, expected {shape} "
+                        f"from {config_path} (d_model={d}, n_latents={m})"
+                    )
+                target.copy_(tensors[key])
+            sae.tokens_since_fired.zero_()
+            if fired is not None:
+                if tuple(fired.shape) != (m,):
+                    raise ValueError(
+                        f"{where}: dead-latent counter has shape {tuple(fired.shape)}, expected ({m},)"
+                    )
+                sae.tokens_since_fired.copy_(fired)
+        return sae
+
+
+def read_provenance(path: str | Path) -> dict:
+    """What a saved SAE says it was trained on (``{}`` for a folder saved without it)."""
+    file = Path(path) / PROVENANCE_FILE
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def sae_folder(source: str | Path) -> Path:
+    """The folder of the MLSAE that ``source`` names: a training run (its ``sae/``), an SAE folder (ours or a
+    released one) or a hub id in the local cache; fails at once, naming what is missing."""
+    folder = _local_or_hub(source)
+    if (folder / "sae" / CONFIG_FILE).is_file():
+        folder = folder / "sae"
+    if not (folder / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{source}: no MLSAE there (no {CONFIG_FILE} in {folder}); give a run folder, an "
+                                "SAE folder (config.json + model.safetensors) or a hub id such as "
+                                "tim-lawson/mlsae-pythia-70m-deduped-x64-k32")
+    return folder
+
+
+def released_layout(raw: dict) -> str | None:
+    """Which released layout a ``config.json`` is in: ``"sae"`` (a ``tim-lawson/mlsae-*`` TopKSAE: ``n_inputs``,
+    ``n_latents``), ``"tfm"`` (a ``-tfm`` MLSAETransformer: ``model_name``, ``expansion_factor``, weights under
+    ``autoencoder.``), or ``None`` for ours."""
+    if "n_inputs" in raw:
+        return "sae"
+    if "model_name" in raw and "expansion_factor" in raw:
+        return "tfm"
+    return None
+
+
+def _read_config(config_path: Path) -> dict:
+    try:
+        return json.loads(Path(config_path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path}: not valid JSON ({err})") from err
+
+
+def sae_shape(folder: Path) -> tuple[int, int, int]:
+    """``(d_model, n_latents, k)`` from an SAE folder (ours or a released layout), without loading its weights."""
+    raw = _read_config(Path(folder) / CONFIG_FILE)
+    layout = released_layout(raw)
+    if layout == "tfm":
+        with safe_open(str(Path(folder) / WEIGHTS_FILE), framework="pt") as f:
+            d_model = f.get_slice("autoencoder.encoder.weight").get_shape()[1]
+        return int(d_model), int(d_model * raw["expansion_factor"]), int(raw["k"])
+    d_model = raw["n_inputs"] if layout == "sae" else raw["d_model"]
+    return int(d_model), int(raw["n_latents"]), int(raw["k"])
+
+
+def released_facts(folder: Path) -> dict:
+    """What a released ``-tfm`` checkpoint's config says about how it was trained: its model (``model_name``)
+    and whether a tuned lens came first; ``{}`` for other layouts (ours say it in ``provenance.json``)."""
+    raw = _read_config(Path(folder) / CONFIG_FILE)
+    if released_layout(raw) != "tfm":
+        return {}
+    return {"model": raw["model_name"], "tuned_lens": bool(raw.get("tuned_lens", False))}
+
+
+def _local_or_hub(path: str | Path) -> Path:
+    """A local folder, or the snapshot of hub repo ``path`` (cache first; download unless offline)."""
+    local = Path(path).expanduser()
+    text = str(path)
+    if local.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        return local
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached: try the hub unless told not to
+        from mlsae.core import hub
+
+        if hub.offline_requested():
+            raise FileNotFoundError(f"{text}: no such folder, and the hub repo is not in the local cache "
+                                    f"(HF_HUB_OFFLINE is set); fetch it with `hf download {text}`") from None
+        try:
+            return Path(snapshot_download(text))
+        except Exception as err:  # noqa: BLE001
+            raise FileNotFoundError(f"{text}: no such folder, and the hub repo could not be fetched "
+                                    f"({type(err).__name__}: {err})") from None
+
+
+def model_card(cfg: SAEConfig, provenance: dict) -> str:
+    """A Hugging Face model card (``README.md``) stating what the SAE is and what it was trained on."""
+    p = provenance
+    layers = "every layer (a multi-layer SAE)" if cfg.layers is None else f"layers {cfg.layers}"
+    lens = f"yes ({p.get('lens')})" if p.get("tuned_lens") else "no"
+    metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in (p.get("metrics") or {}).items())
+    rows = [("model", f"`{p.get('model')}`"), ("model weights", f"`{p.get('model_identity')}`"),
+            ("layers", layers), ("tuned lens", lens), ("data", f"`{p.get('data')}` ({p.get('split', 'train')} split), "
+                                                                f"`{p.get('data_identity')}`"),
+            ("latents", f"{cfg.n_latents} (R = {cfg.n_latents // cfg.d_model}), k = {cfg.k}, d_model = {cfg.d_model}"),
+            ("preset", f"`{p.get('preset')}`"), ("tokens seen", f"{p.get('tokens'):,}" if p.get("tokens") else "?"),
+            ("training", f"{p.get('steps', '?')} steps, seed {p.get('seed', '?')}, {p.get('processes', 1)} process(es)"),
+            ("final training metrics", metrics or "?"), ("cache key", f"`{p.get('cache_key')}`"),
+            ("mlsae", f"{p.get('mlsae_version')} (git {p.get('git_commit') or 'unknown'})")]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return (f"---\nlibrary_name: mlsae\ntags:\n- sparse-autoencoder\n- interpretability\n---\n\n"
+            f"# Multi-layer SAE for `{p.get('model')}`\n\n"
+            f"A top-k sparse autoencoder trained on the residual stream of {layers} of `{p.get('model')}` "
+            f"with `mlsae`, a reproduction of *Residual Stream Analysis with Multi-Layer SAEs* (ICLR 2025).\n\n"
+            f"| | |\n| --- | --- |\n{table}\n\n"
+            f"Load with `MLSAE.from_pretrained(path)`; evaluate with `python -m mlsae eval <run folder>`.\n")
+
+
+def dense_reference_loss(
+    sae: MLSAE, x: Tensor, dead_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The straightforward dense implementation of ``MLSAE.forward``'s training loss.
+
+    Dense latents [L*T, n_latents] via torch.topk + scatter, a dense decoder matmul, dense AuxK,
+    plain autograd. For tests and the benchmark only. x [L, T, d] -> (loss, fvu [L], aux_loss).
+    ``dead_mask`` defaults to ``sae.dead_mask()`` (call this before ``sae.forward`` updates it).
+    """
+    cfg = sae.cfg
+    L, T, d = x.shape
+    x_std, _, _ = sae._standardize(x)
+    flat = x_std.reshape(L * T, d)
+    pre = (flat - sae.b_pre) @ sae.W_enc.t()  # [n, m]
+    v, i = pre.topk(cfg.k, dim=1)
+    z = torch.zeros_like(pre).scatter(1, i, v.relu())  # [n, m]
+    x_hat = z @ sae.W_dec.t() + sae.b_pre  # [n, d]
+    fvu = layer_fvu(x_std, x_hat.view(L, T, d))
+    aux = fvu.new_zeros(())
+    dead_mask = sae.dead_mask() if dead_mask is None else dead_mask
+    n_dead = int(dead_mask.sum())
+    if n_dead and cfg.k_aux > 0 and cfg.auxk_coef > 0:
+        av, ai = pre.masked_fill(~dead_mask, -math.inf).topk(min(cfg.k_aux, n_dead), dim=1)
+        z_aux = torch.zeros_like(pre).scatter(1, ai, av.relu())  # [n, m]
+        aux = aux_fvu((flat - x_hat).detach(), z_aux @ sae.W_dec.t())
+    return fvu.mean() + cfg.auxk_coef * aux, fvu.detach(), aux

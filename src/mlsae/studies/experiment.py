@@ -1,0 +1,451 @@
+"""One experiment = one (model, R, k, lens) setting; what every notebook starts from.
+
+An :class:`Experiment` validates its parameters before doing any work (so a bad papermill
+``-p`` fails in the first cell), then lazily provides the language model, the lens, the trained
+SAE and the statistics. Everything expensive is cached under ``$MLSAE_HOME`` keyed by the
+configuration, so notebooks run in order train each SAE once, and a notebook run alone trains
+what it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mlsae.core.paths import mlsae_home, safe_name
+
+IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+from mlsae.core.presets import NOTEBOOK_PRESETS, default_data
+
+
+def model_of_sae(source: str, folder: Path, flag: str = "-p model") -> str:
+    """The model a pretrained SAE was trained on: its provenance's or its ``-tfm`` config's, else the registry
+    name in its id (``tim-lawson/mlsae-pythia-70m-deduped-x64-k32`` -> ``pythia-70m``)."""
+    from mlsae.models.registry import REGISTRY
+    from mlsae.sae.model import read_provenance, released_facts
+
+    if (model := read_provenance(folder).get("model") or released_facts(folder).get("model")) is not None:
+        by_repo = [name for name, e in REGISTRY.items() if e.repo_id == model]
+        return by_repo[0] if by_repo else model
+    named = [name for name, e in REGISTRY.items() if e.repo_id.split("/")[-1] in str(source)]
+    if not named:
+        raise ValueError(f"{source} does not say which model it was trained on (no provenance.json, no registry "
+                         f"model in its name); pass {flag} NAME")
+    return max(named, key=lambda n: len(REGISTRY[n].repo_id))  # pythia-1.4b-deduped, not pythia-1b...
+
+
+def lens_of_sae(source: str, folder: Path) -> bool:
+    """Whether a pretrained SAE reads tuned-lens-transformed activations: its provenance or ``-tfm`` config says
+    so, else its released name does (``...-k32-lens``, ``...-k32-lens-tfm``)."""
+    from mlsae.sae.model import read_provenance, released_facts
+
+    said = read_provenance(folder).get("tuned_lens", released_facts(folder).get("tuned_lens"))
+    if said is not None:
+        return bool(said)
+    return re.search(r"-lens(-tfm)?/?$", str(source)) is not None
+
+
+def _named_set(base: str, chosen, preset) -> str:
+    """``base`` when ``chosen`` is the preset's set of models, else ``base`` plus a name for ``chosen``."""
+    if chosen == preset:
+        return base
+    names = "+".join(safe_name(m) for m in chosen) if isinstance(chosen, list) else ""
+    if names and len(names) <= 60:
+        return f"{base}-{names}"
+    return f"{base}-set-{hashlib.sha1(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:10]}"
+
+
+def preset_settings(preset: str) -> dict:
+    """A notebook preset with R and the sequence length of the train preset it names (defined there, once)."""
+    if preset not in NOTEBOOK_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(NOTEBOOK_PRESETS)}")
+    from mlsae.core.presets import TRAIN_PRESETS
+    from mlsae.training.train import TrainConfig
+
+    settings = NOTEBOOK_PRESETS[preset]
+    train = TrainConfig(**TRAIN_PRESETS[settings["train"]])
+    return {**settings, "expansion_factor": train.expansion_factor, "seq_len": train.seq_len}
+
+
+class Experiment:
+    """One setting as a notebook's ``parameters`` cell gives it (``None``: "from the preset"), validated and
+    resolved at construction: every attribute below holds its final, typed value before any work."""
+
+    PARAMETERS = ("model", "preset", "expansion_factor", "k", "tuned_lens", "layers", "data", "train_tokens",
+                  "eval_tokens", "analysis_tokens", "seq_len", "batch_size", "seed", "device", "progress",
+                  "pretrained_sae")
+
+    def __init__(
+        self,
+        model: str | None = None,  # registry name, Hugging Face id or local folder; None: the preset's
+        preset: str = "default",
+        expansion_factor: int | None = None,  # R; None: the preset's
+        k: int = 32,
+        tuned_lens: bool = False,
+        layers: list[int] | None = None,  # None: every layer
+        data: str | None = None,  # None: the model's own text (presets.default_data)
+        train_tokens: int | None = None,  # None: the train preset's budget
+        eval_tokens: int | None = None,
+        analysis_tokens: int | None = None,
+        seq_len: int | None = None,  # positions per sequence (training and held-out text); None: the preset's, cut to the context
+        batch_size: int | None = None,  # sequences per batch (training and held-out text); None: the presets'
+        seed: int = 42,
+        device: str = "cpu",
+        progress: bool = True,
+        pretrained_sae: str | None = None,  # analyse this MLSAE (run folder, SAE folder, hub id) instead of training one
+    ):
+        self.preset: str = typed_parameter("preset", preset, str)
+        p = preset_settings(self.preset)
+        self.layers, self.train_tokens, self.batch_size, self.progress = layers, train_tokens, batch_size, progress
+        self.pretrained_sae = pretrained_sae
+        self._sae_folder: Path | None = None
+        sae_d_model = None
+        if pretrained_sae is not None:  # its shape, and its model when not given, before any work
+            from mlsae.sae.model import sae_folder, sae_shape
+
+            self._sae_folder = sae_folder(typed_parameter("pretrained_sae", pretrained_sae, str))
+            model = model or model_of_sae(pretrained_sae, self._sae_folder)
+            sae_d_model, n_latents, k = sae_shape(self._sae_folder)
+            if n_latents % sae_d_model:
+                raise ValueError(f"{pretrained_sae}: {n_latents} latents is not a multiple of d_model {sae_d_model}")
+            expansion_factor = n_latents // sae_d_model
+            sae_lens = lens_of_sae(pretrained_sae, self._sae_folder)
+            if tuned_lens is True and not sae_lens:
+                raise ValueError(f"{pretrained_sae} was trained on the plain residual stream, not through a "
+                                 "tuned lens; drop tuned_lens=True")
+            tuned_lens = sae_lens  # analysed as it was trained
+        self.model: str = typed_parameter("model", model if model is not None else p["model"], str)
+        ef = p["expansion_factor"] if expansion_factor is None else expansion_factor
+        self.expansion_factor: int = typed_parameter("expansion_factor", ef, int)
+        self.k: int = typed_parameter("k", k, int)
+        self.tuned_lens: bool = typed_parameter("tuned_lens", tuned_lens, bool)
+        self.seed: int = typed_parameter("seed", seed, int)
+        self.device: str = typed_parameter("device", device, str)
+        given = dict(train_tokens=train_tokens, eval_tokens=eval_tokens, analysis_tokens=analysis_tokens,
+                     seq_len=seq_len, batch_size=batch_size)
+        for name, value in given.items():
+            if value is not None and (typed_parameter(name, value, int) <= 0):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        self.eval_tokens: int = eval_tokens or p["eval_tokens"]
+        self.analysis_tokens: int = analysis_tokens or p["analysis_tokens"]
+        if self.expansion_factor <= 0:
+            raise ValueError(f"expansion_factor must be positive, got {self.expansion_factor}")
+        if self.k <= 0:
+            raise ValueError(f"k must be positive, got {self.k}")
+        from mlsae.models.registry import model_context, model_shape, resolve_model
+
+        source = resolve_model(self.model)  # unknown names fail here, before any work
+        self.data: str = data or default_data(self.model, source.kind)
+        self._given_seq_len = seq_len  # what with_model passes on (another model has another context)
+        context = model_context(self.model)
+        if seq_len is None:
+            seq_len = min(p["seq_len"], context) if context else p["seq_len"]
+        elif context and seq_len > context:
+            raise ValueError(f"seq_len={seq_len} exceeds {self.model}'s context of {context} positions")
+        self.seq_len: int = seq_len
+        shape = model_shape(self.model)  # (n_layers, d_model) without loading weights, or None
+        if shape is not None and sae_d_model is not None and sae_d_model != shape[1]:
+            raise ValueError(f"{self.pretrained_sae} reads {sae_d_model}-dimensional vectors but "
+                             f"{self.model} has d_model {shape[1]}; pass the model it was trained on (-p model ...)")
+        if shape is not None:
+            n_layers, d_model = shape
+            if self.k > self.expansion_factor * d_model:
+                raise ValueError(
+                    f"k={self.k} exceeds the number of latents {self.expansion_factor * d_model} "
+                    f"(expansion_factor {self.expansion_factor} x d_model {d_model}); lower k or raise expansion_factor"
+                )
+            if self.layers is not None and any(not 0 <= l < n_layers for l in self.layers):
+                raise ValueError(f"layers {self.layers} out of range for {self.model} with {n_layers} layers")
+        if self.layers is not None:
+            from mlsae.models.residuals import check_unique_layers
+
+            check_unique_layers(self.layers)
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} but no CUDA device is available; use device='cpu'")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.PARAMETERS)
+        return f"Experiment({shown})"
+
+    # ---- naming and variants ---------------------------------------------------------------
+
+    @property
+    def slug_without_model(self) -> str:
+        """File-name stem for figures that span several models."""
+        return f"{self.preset}-x{self.expansion_factor}-k{self.k}" + ("-lens" if self.tuned_lens else "")
+
+    def series_slug(self, models: list[str], base: str | None = None) -> str:
+        """File-name stem for figures over the models ``models``: ``base`` (default
+        :attr:`slug_without_model`) for the preset's series, and the model names (or their hash, when
+        long) appended for any other set, so a series with an extra model never takes the preset's name."""
+        return _named_set(base or self.slug_without_model, sorted(models), sorted(self.settings["models"]))
+
+    def families_slug(self, families: dict[str, list[str]]) -> str:
+        """File-name stem for notebook 12's figures: as :meth:`series_slug`, for families of models."""
+        label = {f: sorted(ms) for f, ms in families.items()}
+        preset = {f: sorted(ms) for f, ms in self.settings["families"].items()}
+        return _named_set(self.slug_without_model, label, preset)
+
+    @property
+    def slug(self) -> str:
+        """File-name stem for figures of this model."""
+        where = "" if self.layers is None else "-L" + "-".join(map(str, self.layers))
+        lens = "-lens" if self.tuned_lens else ""
+        pretrained = "" if self.pretrained_sae is None else "-pretrained"  # never a trained SAE's figure name
+        return f"{safe_name(self.model)}-x{self.expansion_factor}-k{self.k}{where}{lens}{pretrained}"
+
+    def with_model(self, model: str, **changes) -> Experiment:
+        """The same experiment for another model (or other changes), validated afresh."""
+        keep = {name: getattr(self, name) for name in self.PARAMETERS}
+        keep.update(model=model, data=None if model != self.model else self.data, seq_len=self._given_seq_len,
+                    pretrained_sae=self.pretrained_sae if model == self.model else None)
+        keep.update(changes)
+        return Experiment(**keep)
+
+    # ---- the pieces, built lazily and cached ------------------------------------------------
+
+    @property
+    def settings(self) -> dict:
+        return preset_settings(self.preset)
+
+    @cached_property
+    def lm(self) -> tuple[Any, Any]:
+        """(model, tokenizer), loaded through the registry."""
+        from mlsae.models.registry import load_model
+
+        return load_model(self.model, device=self.device)
+
+    @cached_property
+    def lens(self):
+        """The tuned lens the SAE works behind, or the identity lens (no lens)."""
+        from mlsae.models.lens import IDENTITY
+        from mlsae.models.lens_training import residual_lens_for
+
+        if not self.tuned_lens:
+            return IDENTITY
+
+        model, tokenizer = self.lm  # the lens the SAE was trained in: the same TrainConfig chooses it
+        return residual_lens_for(self.model, model, tokenizer, **self.train_config().lens_kwargs(), progress=self.progress)
+
+    def train_config(self):
+        from mlsae.training.train import config_from_preset
+
+        overrides = dict(
+            model=self.model, expansion_factor=self.expansion_factor, k=self.k, tuned_lens=self.tuned_lens,
+            layers=self.layers, data=self.data, seed=self.seed, device=self.device,
+        )
+        if self.train_tokens:
+            overrides["max_tokens"] = self.train_tokens
+        if self._given_seq_len is not None:
+            overrides["seq_len"] = self.seq_len
+        if self.batch_size is not None:
+            overrides["batch_size"] = self.batch_size
+        return config_from_preset(self.settings["train"], **overrides)
+
+    @cached_property
+    def sae(self):
+        """The SAE: ``pretrained_sae`` loaded, or trained (once, cached) from :meth:`train_config`."""
+        from mlsae.sae.model import MLSAE
+        from mlsae.training.train import train_or_load
+
+        if self._sae_folder is not None:  # pretrained_sae was given
+            return MLSAE.from_pretrained(self._sae_folder).eval()
+        sae, _ = train_or_load(self.train_config(), progress=self.progress)
+        return sae.eval()
+
+    @property
+    def out_dir(self) -> Path:
+        """Where this SAE's statistics are cached: its training run's folder, or for a pretrained SAE a folder
+        named after it and keyed by the contents of its files."""
+        if self.pretrained_sae is not None:
+            from mlsae.data.sources import data_identity
+
+            digest = data_identity(str(self._sae_folder)).partition(":")[2]
+            return mlsae_home() / "saes" / f"pretrained-{safe_name(self.pretrained_sae)}-{digest}"
+        return mlsae_home() / "saes" / self.train_config().cache_key()
+
+    def train_summary(self) -> dict:
+        """Steps, tokens and wall-clock seconds of the training run that produced the cached SAE."""
+        if self.pretrained_sae is not None:
+            return {}
+        self.sae  # noqa: B018 - make sure it exists
+        path = self.out_dir / "train_summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def training_log(self) -> list[dict]:
+        if self.pretrained_sae is not None:
+            return []
+        self.sae  # noqa: B018 - make sure it exists
+        path = self.out_dir / "metrics.jsonl"
+        return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+    def batches(self, tokens: int, split: str = "test") -> Iterator[Tensor]:
+        """Token batches [batch, seq_len] of held-out text (``split='test'``)."""
+        from mlsae.data.sources import load_text, token_batches
+
+        _, tokenizer = self.lm
+        dataset = load_text(self.data, split=split, streaming=True)
+        return token_batches(dataset, tokenizer, self.seq_len, self.eval_batch_size, max_tokens=tokens)
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Sequences per batch of held-out text: ``batch_size`` when given, else the notebook preset's."""
+        return self.batch_size or self.settings["batch_size"]
+
+    # ---- statistics, cached next to the SAE --------------------------------------------------
+
+    def _stream_fields(self, tokens: int) -> dict:
+        """What selects the held-out token stream a statistic is computed on (part of its cache key)."""
+        from mlsae.data.sources import data_identity
+
+        return dict(tokens=tokens, data=data_identity(self.data), seq_len=self.seq_len,
+                    batch_size=self.eval_batch_size)
+
+    def evaluate(self, downstream: bool = True, layers: list[int] | None = None):
+        """Metrics on held-out text; ``layers`` applies the SAE elsewhere than where it was trained."""
+        from mlsae.analysis.metrics import EvalResult, evaluate
+        from mlsae.core.cache import cached
+
+        fields = dict(self._stream_fields(self.eval_tokens), downstream=downstream, layers=layers)
+        return cached(self.out_dir, "eval", fields, EvalResult.load, lambda: evaluate(
+            *self.lm, self.sae, self.batches(self.eval_tokens), lens=self.lens, downstream=downstream, layers=layers,
+            progress=self.progress))
+
+    def distributions(self, layers: list[int] | None = None, window: int | None = None):
+        """Distributions over layers; ``layers`` (e.g. every layer for a single-layer SAE) as in :meth:`evaluate`;
+        ``window``: tokens per window of the paper's estimator (default 2048, theirs)."""
+        from mlsae.analysis.distributions import PAPER_WINDOW, LayerDistributions, layer_distributions
+        from mlsae.core.cache import cached
+
+        window = window or PAPER_WINDOW
+        fields = dict(self._stream_fields(self.analysis_tokens), layers=layers, window=window)
+        return cached(self.out_dir, "distributions", fields, LayerDistributions.load, lambda: layer_distributions(
+            *self.lm, self.sae, self.batches(self.analysis_tokens), lens=self.lens, layers=layers,
+            progress=self.progress, window=window))
+
+    def prompt_distribution(self, prompt: str = IOI_PROMPT):
+        """One prompt's distributions over layers (computed each time: one forward pass)."""
+        from mlsae.analysis.distributions import prompt_distribution
+
+        model, tokenizer = self.lm
+        return prompt_distribution(model, tokenizer, self.sae, prompt, lens=self.lens)
+
+    def max_examples(self, n_examples: int = 8):
+        """PAPER.md §4 item 14: the top ``n_examples`` activations of every (layer, latent) and the
+        analysed token ids (:class:`mlsae.analysis.examples.MaxExamples`), cached next to the SAE."""
+        from mlsae.analysis.examples import MaxExamples, max_examples
+        from mlsae.core.cache import cached
+
+        fields = dict(self._stream_fields(self.analysis_tokens), n_examples=n_examples)
+        return cached(self.out_dir, "examples", fields, MaxExamples.load, lambda: max_examples(
+            *self.lm, self.sae, self.batches(self.analysis_tokens), lens=self.lens, n_examples=n_examples,
+            progress=self.progress))
+
+    def geometry_fields(self) -> dict:
+        """What :meth:`geometry` depends on (its cache key): the model's weights, the text and the lens."""
+        from mlsae.models.lens_training import lens_fields
+        from mlsae.models.registry import model_identity
+
+        lens = lens_fields(self.model, **self.train_config().lens_kwargs()) if self.tuned_lens else None
+        return dict(self._stream_fields(self.eval_tokens), model=model_identity(self.model), lens=lens)
+
+    def geometry(self):
+        """Adjacent-layer cosine similarity and norms of the residual stream (no SAE involved)."""
+        from mlsae.analysis.distributions import ResidualGeometry, residual_geometry
+        from mlsae.core.cache import cached
+
+        return cached(mlsae_home() / "geometry" / safe_name(self.model), "geometry", self.geometry_fields(), ResidualGeometry.load,
+                      lambda: residual_geometry(*self.lm, lambda: self.batches(self.eval_tokens), lens=self.lens,
+                                                progress=self.progress))
+
+
+def train_together(experiments: list[Experiment]) -> None:
+    """Train the SAEs these experiments need and the cache lacks, one pass of each language model for
+    all SAEs that share its token stream (e.g. with and without the lens, a sweep, the single-layer
+    baselines); identical weights to training each alone (:func:`mlsae.training.train.train_many`)."""
+    from mlsae.training.train import ensure_trained
+
+    todo = [e for e in experiments if e.pretrained_sae is None]  # a pretrained SAE is loaded, never trained
+    if todo:
+        ensure_trained([e.train_config() for e in todo], progress=todo[0].progress)
+
+
+def list_parameter(name: str, value, kind: type = str, *, positive: bool = False) -> list | None:
+    """A notebook's list parameter as papermill hands it over: a list (``-y 'ks: [16, 32]'``, or Python),
+    or its JSON text (``-p ks '[16, 32]'``); every element checked, so a bad one fails in the first cell."""
+    if value is None:
+        return None
+    value = _from_json_text(name, value, "a list", f"-p {name} '[16, 32]', or YAML, -y '{name}: [16, 32]'")
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"parameter {name}={value!r} should be a non-empty list, e.g. -p {name} '[16, 32]'")
+    for v in value:
+        typed_parameter(f"{name} element", v, kind)
+        if positive and v <= 0:
+            raise ValueError(f"parameter {name}={list(value)} holds {v}; every element must be positive")
+    return list(value)
+
+
+def _from_json_text(name: str, value, what: str, example: str):
+    """``value`` itself, or parsed when papermill's ``-p`` handed over its JSON text."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise ValueError(f"parameter {name}={value!r} is not {what}; pass JSON text, {example}") from None
+
+
+def series_models(exp: Experiment, models: list[str] | str | None = None) -> list[str]:
+    """The model-size series for ``exp``: ``models`` (a list, or its JSON text) or the preset's, those
+    loadable here, plus ``exp.model``; ordered by depth then width. An unknown name fails at once; hub
+    models that are not cached are left out (and said so), zoo models are always available."""
+    from mlsae.models.registry import is_available, model_shape, resolve_model
+
+    models = list_parameter("models", models)
+    for m in models or ():
+        resolve_model(m)  # an unknown name fails here, before any work
+    wanted = list(models) if models is not None else list(exp.settings["models"])
+    if exp.model not in wanted:
+        wanted.append(exp.model)
+    missing = [m for m in wanted if m != exp.model and not is_available(m)]
+    if missing:
+        print(f"not on this machine, left out of the series: {', '.join(missing)}")
+    present = [m for m in wanted if m not in missing]
+    return sorted(present, key=lambda m: model_shape(m) or (0, 0))
+
+
+def family_models(exp: Experiment, families: dict[str, list[str]] | str | None = None) -> dict[str, list[str]]:
+    """Notebook 12's families: ``families`` (a dict, or its JSON text) or the preset's, every name checked
+    at once, those not on this machine left out (and said so), each family ordered by depth then width."""
+    from mlsae.models.registry import is_available, model_shape, resolve_model
+
+    families = _from_json_text("families", families, "a mapping", """-p families '{"GPT-2": ["gpt2"]}'""")
+    wanted = families if families is not None else exp.settings["families"]
+    if not isinstance(wanted, dict) or not wanted:
+        raise ValueError(f"parameter families={wanted!r} should map a family name to a list of models")
+    wanted = {f: list_parameter(f"families[{f!r}]", ms) for f, ms in wanted.items()}
+    for m in (m for ms in wanted.values() for m in ms):
+        resolve_model(m)  # an unknown name fails here, before any work
+    missing = [m for ms in wanted.values() for m in ms if not is_available(m)]
+    if missing:
+        print(f"not on this machine, left out: {', '.join(missing)}")
+    present = {f: sorted((m for m in ms if m not in missing), key=lambda m: model_shape(m) or (0, 0))
+               for f, ms in wanted.items()}
+    return {f: ms for f, ms in present.items() if ms}
+
+
+def typed_parameter(name: str, value, kind: type):
+    """``value`` as a ``kind``, or a clear error naming the notebook parameter and the value papermill gave."""
+    # papermill passes what the user typed; bool is an int subclass, so check it first
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"parameter {name}={value!r} should be of type {kind.__name__}, got {type(value).__name__}")
+    return value
