@@ -20,7 +20,8 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from mlsae.analysis.distributions import LayerDistributionAccumulator
 from mlsae.models.residuals import residual_streams
-from mlsae.sae.model import MLSAE, SAEConfig
+from mlsae.sae.config import SAEConfig
+from mlsae.sae.model import MLSAE
 
 
 def peak_rss_gib() -> float:

@@ -24,7 +24,8 @@ def child(spec: dict) -> dict:
     """Runs in the subprocess: one training run (or the no-SAE baseline); returns time and peak RSS."""
     import torch
 
-    from mlsae.training.train import config_from_preset, train
+    from mlsae.training.config import config_from_preset
+    from mlsae.training.train import train
 
     torch.manual_seed(0)
     cfg = config_from_preset(spec["preset"], model=spec["model"], expansion_factor=spec["expansion_factor"],

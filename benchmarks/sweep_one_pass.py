@@ -33,7 +33,8 @@ def configs(preset: str, tokens: int) -> list[dict]:
 
 
 def child(specs: list[dict]) -> dict:
-    from mlsae.training.train import config_from_preset, train_many
+    from mlsae.training.config import config_from_preset
+    from mlsae.training.train import train_many
 
     cfgs = [config_from_preset(s.pop("preset"), **s) for s in specs]
     with tempfile.TemporaryDirectory() as out:

@@ -25,7 +25,8 @@ from contextlib import nullcontext
 
 import torch
 
-from mlsae.sae.model import MLSAE, SAEConfig, dense_reference_loss
+from mlsae.sae.config import SAEConfig
+from mlsae.sae.model import MLSAE, dense_reference_loss
 
 
 def parse_args(argv=None):

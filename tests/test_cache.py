@@ -16,7 +16,7 @@ from mlsae.data.sources import data_identity
 from mlsae.models.lens import ResidualLens
 from mlsae.models.lens_training import lens_fields
 from mlsae.studies.experiment import Experiment
-from mlsae.training.train import TrainConfig, config_from_preset
+from mlsae.training.config import TrainConfig, config_from_preset
 
 
 def test_a_rebuilt_zoo_model_never_reuses_what_was_made_from_the_old_one(monkeypatch):

@@ -31,7 +31,8 @@ def test_cli_rules_match_the_library(capsys):
 
 
 def test_eval_on_a_truncated_sae_is_one_line(tmp_path, capsys):
-    from mlsae.sae.model import MLSAE, SAEConfig
+    from mlsae.sae.config import SAEConfig
+    from mlsae.sae.model import MLSAE
 
     MLSAE(SAEConfig(d_model=8, n_latents=16, k=2)).save_pretrained(tmp_path / "sae")
     weights = tmp_path / "sae" / "model.safetensors"
@@ -47,7 +48,7 @@ def test_train_flags_are_generated_from_the_config(monkeypatch):
     import dataclasses
 
     import mlsae.cli as cli
-    from mlsae.training.train import TrainConfig, config_from_preset
+    from mlsae.training.config import TrainConfig, config_from_preset
 
     helps = TrainConfig.field_help()
     assert set(helps) == {f.name for f in dataclasses.fields(TrainConfig)}, "a field without a help comment"
@@ -71,7 +72,7 @@ def test_a_hub_model_gets_the_pile_under_every_preset_in_the_cli_and_the_noteboo
     """On main 0d8e133, `--preset tiny|default` trained Pythia on the zoo's synthetic text, silently."""
     from mlsae.core.presets import HUB_DATA
     from mlsae.studies.experiment import Experiment
-    from mlsae.training.train import config_from_preset
+    from mlsae.training.config import config_from_preset
 
     for preset in ("tiny", "default", "paper"):
         assert config_from_preset(preset, model="pythia-70m").data == HUB_DATA, preset
@@ -86,7 +87,8 @@ def test_eval_of_a_released_sae_uses_the_models_own_data_and_says_so(tmp_path, e
     """An SAE with no provenance, on Pythia (a hub-layout stand-in): the Pile's test split from the hub cache,
     not the synthetic corpus at 128 positions (main 0d8e133)."""
     from conftest import make_tiny_tokenizer, put_in_hub_cache, save_tiny_model_dir, write_pile_layout
-    from mlsae.sae.model import MLSAE, SAEConfig
+    from mlsae.sae.config import SAEConfig
+    from mlsae.sae.model import MLSAE
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     put_in_hub_cache(empty_hf_cache, "EleutherAI/pythia-70m-deduped",

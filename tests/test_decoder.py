@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from mlsae.analysis.decoder import decoder_vectors, max_cosine, mmcs, nearest_tokens, pair_histograms, token_directions
 from mlsae.analysis.distributions import LayerDistributions
-from mlsae.sae.model import MLSAE, SAEConfig
+from mlsae.sae.config import SAEConfig
+from mlsae.sae.model import MLSAE
 
 
 def _vectors(n=300, d=12, seed=0):

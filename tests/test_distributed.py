@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 
 from conftest import write_word_corpus
 from mlsae.training import distributed
-from mlsae.training.train import config_from_preset, train, train_parallel
+from mlsae.training.config import config_from_preset
+from mlsae.training.train import train, train_parallel
 
 STEPS = 300
 # 1 vs 2 processes differ only in the order of float sums (gradients summed over ranks, the batch variance

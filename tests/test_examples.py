@@ -6,7 +6,8 @@ import torch
 from conftest import make_tiny_neox, make_tiny_tokenizer
 from mlsae.analysis.examples import ExampleBrowser, MaxExamples, MaxExamplesAccumulator, max_examples
 from mlsae.models.residuals import residual_streams, special_token_mask
-from mlsae.sae.model import MLSAE, SAEConfig
+from mlsae.sae.config import SAEConfig
+from mlsae.sae.model import MLSAE
 
 
 def _brute_top(a, n):

@@ -95,3 +95,15 @@ def test_the_checker_catches_an_upward_import_in_a_scratch_package(tmp_path, whe
     (tmp_path / "mlsae" / where).write_text(f"def f():\n{line}\n" if line.startswith(" ") else f"{line}\n")
     found = violations(tmp_path)
     assert len(found) == 1 and expected in found[0] and found[0].startswith(f"mlsae/{where}:")
+
+
+def test_the_public_api_resolves_and_importing_mlsae_loads_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, mlsae; assert 'torch' not in sys.modules, 'import mlsae loaded torch'; "
+            "missing = [n for n in mlsae.__all__ if getattr(mlsae, n, None) is None]; assert not missing, missing; "
+            "from mlsae import MLSAE, Experiment; print(MLSAE.__module__, Experiment.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["mlsae.sae.model", "mlsae.studies.experiment"]

@@ -142,7 +142,7 @@ def test_the_pretrained_lens_is_used_named_and_keyed(pythia_stand_in, capsys):
     from conftest import HUB_SHA
     from mlsae.models.lens_training import lens_record, pretrained_lens_identity, residual_lens_for
     from mlsae.models.registry import load_model
-    from mlsae.training.train import TrainConfig
+    from mlsae.training.config import TrainConfig
 
     tmp_path, cache, pile = pythia_stand_in
     model, tokenizer = load_model("pythia-70m")

@@ -8,7 +8,8 @@ import stat
 import pytest
 
 from mlsae.core.paths import atomic_dir, atomic_write_text, build_once, run_lock
-from mlsae.sae.model import MLSAE, SAEConfig
+from mlsae.sae.config import SAEConfig
+from mlsae.sae.model import MLSAE
 
 
 def _mode(path) -> int:

@@ -4,13 +4,8 @@ import pytest
 import torch
 
 from conftest import write_released_mlsae
-from mlsae.sae.model import (
-    MLSAE,
-    SAEConfig,
-    dense_reference_loss,
-    geometric_median,
-    standardize,
-)
+from mlsae.sae.config import SAEConfig
+from mlsae.sae.model import MLSAE, dense_reference_loss, geometric_median, standardize
 
 
 def small(d=16, m=256, k=4, **kw) -> MLSAE:
@@ -123,7 +118,7 @@ def test_fit_encoder_scale_is_the_least_squares_scale():
 
 
 def test_train_config_encoder_init():
-    from mlsae.training.train import TrainConfig
+    from mlsae.training.config import TrainConfig
 
     base = TrainConfig()
     assert base.encoder_init == "unit"
@@ -277,7 +272,7 @@ def test_load_paper_layout(tmp_path):
 
 
 def test_load_tfm_layout_reads_only_the_autoencoder(tmp_path):
-    from mlsae.sae.model import released_facts, sae_shape
+    from mlsae.sae.io import released_facts, sae_shape
 
     tensors = write_released_mlsae(tmp_path / "tfm", tfm="EleutherAI/pythia-70m-deduped")
     assert sae_shape(tmp_path / "tfm") == (16, 64, 4)

@@ -17,8 +17,10 @@ from safetensors.torch import load_file
 from conftest import write_word_corpus
 from mlsae.analysis.metrics import evaluate
 from mlsae.models.registry import load_model
-from mlsae.sae.model import MLSAE, SAEConfig
-from mlsae.training.train import TrainConfig, config_from_preset, train, train_many
+from mlsae.sae.config import SAEConfig
+from mlsae.sae.model import MLSAE
+from mlsae.training.config import TrainConfig, config_from_preset
+from mlsae.training.train import train, train_many
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def test_a_trained_sae_says_what_it_was_trained_on_and_evaluates_from_its_folder
     from mlsae.cli import main
     from mlsae.data.sources import data_identity
     from mlsae.models.registry import model_identity
-    from mlsae.sae.model import read_provenance
+    from mlsae.sae.io import read_provenance
 
     cfg = _cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 6)
     train(cfg, tmp_path / "run", progress=False)
@@ -213,7 +215,7 @@ def test_evaluation_per_layer_and_splicing(tiny_model_dir, text_dir, tmp_path):
 
 def test_checkpoint_for_another_model_width_is_rejected(tiny_model_dir, text_dir, tmp_path):
     from mlsae.analysis.metrics import check_sae_matches_model
-    from mlsae.sae.model import SAEConfig
+    from mlsae.sae.config import SAEConfig
 
     model, _ = load_model(str(tiny_model_dir))
     wrong = MLSAE(SAEConfig(d_model=48, n_latents=96, k=4))
@@ -369,7 +371,7 @@ def test_a_folder_being_trained_by_another_process_is_refused_and_the_cache_wait
 
     from filelock import FileLock
 
-    import mlsae.training.train as train_module
+    import mlsae.training.store as store
     from mlsae.core.paths import lock_file
 
     def hold(path: Path, then=None):
@@ -404,9 +406,9 @@ def test_a_folder_being_trained_by_another_process_is_refused_and_the_cache_wait
     cached = tmp_path / "home" / "saes" / cfg.cache_key()
     cached.parent.mkdir(parents=True)
     trained = []
-    monkeypatch.setattr(train_module, "train", lambda *a, **kw: trained.append(1))
+    monkeypatch.setattr(store, "train", lambda *a, **kw: trained.append(1))
     t, _ = hold(cached, then=lambda: MLSAE(SAEConfig(d_model=32, n_latents=128, k=4, layers=[0, 1, 2])).save_pretrained(cached / "sae"))
-    sae, where = train_module.train_or_load(cfg, progress=False)
+    sae, where = store.train_or_load(cfg, progress=False)
     t.join()
     assert where == cached and not trained and sae.cfg.n_latents == 128  # waited, then took the other's SAE
 
@@ -550,7 +552,7 @@ def test_a_checkpoint_missing_a_file_is_refused_and_left_as_it_is(tiny_model_dir
 
 def test_the_loss_scaler_state_is_in_the_checkpoint(tiny_model_dir, text_dir, tmp_path):
     """An fp16 run's dynamic loss scale (and its growth tracker) survive a resume."""
-    from mlsae.training.train import _load_checkpoint, _save_checkpoint
+    from mlsae.training.checkpoint import load_checkpoint, save_checkpoint
 
     cfg = _cfg(tiny_model_dir, text_dir)
     sae = MLSAE(SAEConfig(d_model=8, n_latents=16, k=2, layers=[0]))
@@ -560,10 +562,10 @@ def test_the_loss_scaler_state_is_in_the_checkpoint(tiny_model_dir, text_dir, tm
     state = {"scale": 512.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 7}
     scaler.load_state_dict(state)
     stream = {"batches": 3, "position": 12, "carry": [1, 2, 3]}
-    _save_checkpoint(tmp_path / "ckpt", sae, opt, scaler, stream, dict(step=3, tokens=9, seconds=0.5), cfg)
+    save_checkpoint(tmp_path / "ckpt", sae, opt, scaler, stream, dict(step=3, tokens=9, seconds=0.5), cfg)
     restored = torch.amp.GradScaler("cpu")
     assert restored.state_dict()["scale"] != 512.0
-    step, tokens, _, got_stream = _load_checkpoint(tmp_path / "ckpt", MLSAE(sae.cfg), torch.optim.Adam(sae.parameters()),
+    step, tokens, _, got_stream = load_checkpoint(tmp_path / "ckpt", MLSAE(sae.cfg), torch.optim.Adam(sae.parameters()),
                                                    restored)
     assert restored.state_dict() == state and (step, tokens) == (3, 9) and got_stream == stream
 

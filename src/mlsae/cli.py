@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from mlsae.training.train import TrainConfig
+from mlsae.training.config import TrainConfig
 
 
 def _layers(text: str) -> list[int]:
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args) -> int:
     from mlsae.models.registry import resolve_model
     from mlsae.training import distributed
-    from mlsae.training.train import config_from_preset, train
+    from mlsae.training.config import config_from_preset
+    from mlsae.training.train import train
 
     preset = args.preset or ("default" if resolve_model(args.model).kind == "zoo" else "paper")
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
@@ -120,7 +121,8 @@ def _eval(args) -> int:
     from mlsae.models.lens import IDENTITY
     from mlsae.models.lens_training import residual_lens_for
     from mlsae.models.registry import load_model
-    from mlsae.sae.model import MLSAE, read_provenance, sae_folder
+    from mlsae.sae.io import read_provenance, sae_folder
+    from mlsae.sae.model import MLSAE
     from mlsae.studies.experiment import lens_of_sae, model_of_sae
 
     if (args.run is None) == (args.sae is None):
@@ -134,7 +136,7 @@ def _eval(args) -> int:
         cfg = TrainConfig(**{**saved["train_config"], "model": model_name, "device": "cpu",
                              **({"data": args.data} if args.data else {})})
     else:  # a released SAE, or one without provenance: the model's own text and context, said out loud
-        from mlsae.training.train import config_from_preset
+        from mlsae.training.config import config_from_preset
 
         cfg = config_from_preset("paper", model=model_name, data=args.data)
         print(f"{where} has no provenance: evaluating on {cfg.data} (test split) at {args.seq_len or cfg.seq_len} "

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from mlsae.core.paths import load_result, save_result
 from mlsae.models.lens import IDENTITY, Lens, as_lens
+from mlsae.models.residuals import check_layers, residual_streams, special_token_mask
 from mlsae.sae.model import MLSAE
 from mlsae.sae.pipeline import latents, sae_layers
 
@@ -158,8 +159,6 @@ def max_examples(
 
     ``layers``: where to apply the SAE (default: the layers it was trained on).
     """
-    from mlsae.models.residuals import check_layers
-
     layers = sae_layers(sae, model) if layers is None else check_layers(layers, model.config.num_hidden_layers)
     acc = MaxExamplesAccumulator(len(layers), sae.cfg.n_latents, n_examples, layers)
     for batch in latents(model, tokenizer, sae, batches, layers, lens, progress, "max examples"):
@@ -204,8 +203,6 @@ class ExampleBrowser:
     def token_activations(self, latent: int, layers: Sequence[int], seqs: Sequence[int]) -> Tensor:
         """Activation of ``latent`` at each model layer in ``layers`` on every token of the stored
         sequences ``seqs`` -> [len(layers), len(seqs), seq_len] (0 on special tokens), one forward pass."""
-        from mlsae.models.residuals import residual_streams, special_token_mask
-
         self.ex.check(latent)
         layers = list(layers)
         device = next(self.model.parameters()).device

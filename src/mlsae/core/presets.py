@@ -1,7 +1,7 @@
 """Every preset in one place: ``tiny`` (the test suite), ``default`` (the offline figures) and ``paper``,
 and the offline corpus's ``default`` and ``micro``.
 
-:data:`TRAIN_PRESETS` are overrides of :class:`mlsae.training.train.TrainConfig` (what one SAE is trained
+:data:`TRAIN_PRESETS` are overrides of :class:`mlsae.training.config.TrainConfig` (what one SAE is trained
 with, the CLI's ``--preset``; the data is not a preset's but the model's, :func:`default_data`);
 :data:`NOTEBOOK_PRESETS` add what a notebook needs around it (the model-size series, evaluation and
 analysis budgets, the sweep grid, the model families) and name the train preset they use, so a preset

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlsae.core.paths import git_output, repository_root
+from mlsae.core.paths import atomic_write_text, git_output, repository_root
 from mlsae.core.progress import quiet_kernels
 from mlsae.figures import plots
 
@@ -148,7 +148,5 @@ def summary(runs: list[NotebookRun]) -> str:
 
 def write_summary(runs: list[NotebookRun], path: Path) -> None:
     """``runs`` as JSON at ``path`` (atomically), for scripts that read what ran."""
-    from mlsae.core.paths import atomic_write_text
-
     atomic_write_text(path, json.dumps([{"notebook": r.notebook, "ok": r.ok, "seconds": round(r.seconds, 1),
                                          "error": r.error} for r in runs], indent=2))

@@ -32,10 +32,17 @@ def theme() -> dict:
 
 
 def _themed(draw: Callable[..., Figure]) -> Callable[..., Figure]:
+    # Only the theme's own keys are set and put back: plt.rc_context restores every setting, which undoes what
+    # Jupyter's inline backend set up when the first figure was made, and later figures never show.
     @functools.wraps(draw)
     def drawn(*args, **kwargs) -> Figure:
-        with plt.rc_context(theme()):
+        settings = theme()
+        before = {key: plt.rcParams[key] for key in settings}
+        plt.rcParams.update(settings)
+        try:
             return draw(*args, **kwargs)
+        finally:
+            plt.rcParams.update(before)
 
     return drawn
 

@@ -18,10 +18,10 @@ from tuned_lens import TunedLens
 
 from mlsae.core import hub
 from mlsae.core.cache import cached
-from mlsae.core.paths import atomic_dir
+from mlsae.core.paths import atomic_dir, mlsae_home, safe_name
 from mlsae.core.progress import bar
 from mlsae.core.seeding import seed_everything
-from mlsae.data.sources import data_identity
+from mlsae.data.sources import data_identity, load_text, token_batches
 from mlsae.models.lens import ResidualLens
 from mlsae.models.registry import model_identity, resolve_model
 
@@ -191,9 +191,6 @@ def residual_lens_for(
     ``$MLSAE_HOME/lenses`` (:mod:`mlsae.core.cache`: keyed by the model's weights and the text, not their names).
     A hub model without a pretrained lens here says so before training one. :func:`lens_record` says which.
     """
-    from mlsae.core.paths import mlsae_home, safe_name
-    from mlsae.data.sources import load_text, token_batches
-
     pretrained = _pretrained_lens(model_name)
     if pretrained is not None:
         return ResidualLens.from_tuned_lens(load_pretrained_lens(model, str(pretrained[0])))

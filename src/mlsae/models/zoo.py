@@ -41,6 +41,7 @@ from mlsae.core.progress import bar as progress_bar
 from mlsae.core.progress import drop_benign_warnings, quiet_transformers
 from mlsae.core.seeding import seed_everything
 from mlsae.data.corpus import TEXT_VERSION, offline_corpus
+from mlsae.data.sources import load_text, token_batches
 from mlsae.models.lm_eval import evaluate_lm, ioi_report
 
 __all__ = [
@@ -286,8 +287,6 @@ def _lr_at(step: int, spec: ZooSpec) -> float:
 
 def _train_batches(spec: ZooSpec, tokenizer) -> Iterator[torch.Tensor]:
     """``spec.steps`` batches of the train split, starting a new epoch if the corpus runs out."""
-    from mlsae.data.sources import load_text, token_batches
-
     left = spec.steps
     while left > 0:
         before = left
@@ -329,7 +328,6 @@ def train_zoo_model(spec: ZooSpec | str, out_dir: Path, progress: bool = True) -
 def _train(spec: ZooSpec, tokenizer, out_dir: Path, progress: bool) -> dict:
     import transformers
 
-    from mlsae.data.sources import load_text, token_batches
 
     seed_everything(spec.seed)
     drop_benign_warnings()

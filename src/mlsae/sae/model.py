@@ -12,71 +12,21 @@ The loss lives in the standardised space: the mean over layers of each layer's F
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from mlsae.core.paths import atomic_dir
+from mlsae.sae.config import PAPER_TOKENS_PER_FORWARD, PAPER_TOKENS_PER_STEP, SAEConfig
+from mlsae.sae.io import read_sae, write_sae
 from mlsae.sae.kernels import sparse_decode, topk_encode
 
 EPS = 1e-5  # standardisation
-WEIGHTS_FILE, CONFIG_FILE, PROVENANCE_FILE = "model.safetensors", "config.json", "provenance.json"
-FORMAT = "mlsae"
-# The released MLSAEs (tim-lawson/mlsae) count dead latents in optimiser steps of 64 x 2048 tokens,
-# and advance ``last_nonzero`` once per forward pass over one 2048-token sequence.
-PAPER_TOKENS_PER_STEP, PAPER_TOKENS_PER_FORWARD = 64 * 2048, 2048
 
 
-@dataclass
-class SAEConfig:
-    """Shape and training hyperparameters of an MLSAE (defaults from PAPER.md §1)."""
-
-    d_model: int
-    n_latents: int
-    k: int
-    k_aux: int = 256  # dead latents that reconstruct the residual error (0 disables AuxK)
-    auxk_coef: float = 1 / 32
-    dead_tokens: int = 10_000_000  # a latent is dead after this many tokens (not examples) unfired
-    dead_threshold: float = 1e-3  # "fired" means value > this
-    standardize: bool = True
-    layers: list[int] | None = None  # model layers trained on; one layer for a baseline SAE
-
-    def __post_init__(self) -> None:
-        if self.d_model <= 0:
-            raise ValueError(f"d_model={self.d_model} must be positive: pass the residual width, e.g. 512")
-        if self.n_latents <= 0:
-            raise ValueError(
-                f"n_latents={self.n_latents} must be positive: use expansion_factor * d_model, e.g. 64 * 512"
-            )
-        if not 0 < self.k <= self.n_latents:
-            raise ValueError(f"k={self.k} must be in 1..n_latents={self.n_latents}: pick e.g. k=32")
-        if self.k_aux < 0:
-            raise ValueError(f"k_aux={self.k_aux} must be >= 0 (0 disables AuxK; the paper uses 256)")
-        if self.auxk_coef < 0:
-            raise ValueError(f"auxk_coef={self.auxk_coef} must be >= 0 (the paper uses 1/32)")
-        if self.dead_tokens <= 0:
-            raise ValueError(f"dead_tokens={self.dead_tokens} must be positive (the paper uses 10_000_000)")
-        if self.layers is not None:
-            self.layers = [int(layer) for layer in self.layers]
-
-    @classmethod
-    def from_expansion_factor(cls, d_model: int, expansion_factor: float, k: int, **kw) -> SAEConfig:
-        """n_latents = expansion_factor * d_model (the paper's R)."""
-        if expansion_factor <= 0:
-            raise ValueError(f"expansion_factor={expansion_factor} must be positive (the paper uses 1..256)")
-        n_latents = int(round(expansion_factor * d_model))
-        return cls(d_model=d_model, n_latents=n_latents, k=k, **kw)
-
-    @property
-    def expansion_factor(self) -> float:
-        return self.n_latents / self.d_model
 
 
 @dataclass
@@ -328,22 +278,11 @@ class MLSAE(nn.Module):
 
     def save_pretrained(self, path: str | Path, provenance: dict | None = None) -> None:
         """Write ``model.safetensors`` + ``config.json`` into directory ``path`` atomically; with
-        ``provenance`` (what it was trained on, see :func:`mlsae.training.train`), also ``provenance.json`` and a
-        generated model card ``README.md``, as on the Hugging Face hub."""
-        tensors = {
-            "W_enc": self.W_enc,
-            "W_dec": self.W_dec,
-            "b_pre": self.b_pre,
-            "tokens_since_fired": self.tokens_since_fired,
-        }
-        tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-        config = {"format": FORMAT, "format_version": 1, **asdict(self.cfg)}
-        with atomic_dir(Path(path)) as tmp:
-            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-            if provenance is not None:
-                (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
-                (tmp / "README.md").write_text(model_card(self.cfg, provenance))
+        ``provenance`` (what it was trained on, see :mod:`mlsae.training.provenance`), also ``provenance.json``
+        and a generated model card ``README.md``, as on the Hugging Face hub (:func:`mlsae.sae.io.write_sae`)."""
+        tensors = {"W_enc": self.W_enc, "W_dec": self.W_dec, "b_pre": self.b_pre,
+                   "tokens_since_fired": self.tokens_since_fired}
+        write_sae(path, self.cfg, tensors, provenance)
 
     @classmethod
     def from_pretrained(
@@ -357,196 +296,22 @@ class MLSAE(nn.Module):
         """Load a directory written by ``save_pretrained`` or a released MLSAE (hub layout); ``path`` may
         also be a Hugging Face hub id (``org/name``), taken from the local cache or downloaded.
 
-        The layout is detected from ``config.json`` (:func:`released_layout`). Released checkpoints count dead
+        The layout is detected from ``config.json`` (:func:`mlsae.sae.io.released_layout`). Released checkpoints count dead
         latents in steps: ``dead_tokens = dead_steps_threshold * tokens_per_step`` and
         ``tokens_since_fired = last_nonzero * tokens_per_forward`` (the paper's run: 64 sequences of 2048
         tokens per step, one sequence per forward; a ``-tfm`` checkpoint states its own). ``auxk: null`` becomes
         ``k_aux=0``. Only the SAE's tensors are read, so a ``-tfm`` file's transformer weights stay on disk.
         """
-        path = _local_or_hub(path)
-        config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
-        for p in (config_path, weights_path):
-            if not p.is_file():
-                raise FileNotFoundError(
-                    f"{p}: missing; expected a directory written by MLSAE.save_pretrained "
-                    "or a released MLSAE (config.json + model.safetensors)"
-                )
-        raw = _read_config(config_path)
-        layout = released_layout(raw)
-        prefix = "autoencoder." if layout == "tfm" else ""
-        try:
-            with safe_open(str(weights_path), framework="pt") as f:
-                shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-                wanted = {"encoder.weight", "decoder.weight", "pre_encoder_bias", "last_nonzero"} if layout else \
-                    {"W_enc", "W_dec", "b_pre", "tokens_since_fired"}
-                tensors = {key[len(prefix):]: f.get_tensor(key) for key in shapes if key[len(prefix):] in wanted
-                           and key.startswith(prefix)}
-        except Exception as err:  # safetensors raises its own error type for a torn or foreign file
-            raise ValueError(
-                f"{weights_path}: cannot be read ({err}); the file is truncated or not a safetensors file, e.g. "
-                "from a run killed while writing. Delete its folder and train again (a training run resumes "
-                "from its last complete checkpoint)"
-            ) from None
-        if layout:  # released (tim-lawson/mlsae TopKSAE, or the autoencoder inside an MLSAETransformer)
-            if layout == "tfm":
-                tokens_per_forward = raw.get("batch_size", 1) * raw.get("max_length", 2048)
-                tokens_per_step = tokens_per_forward * raw.get("accumulate_grad_batches", 64)
-            try:
-                d_model = raw["n_inputs"] if layout == "sae" else shapes[prefix + "encoder.weight"][1]
-                n_latents = raw["n_latents"] if layout == "sae" else d_model * raw["expansion_factor"]
-                dead_steps = raw.get("dead_steps_threshold")
-                cfg = SAEConfig(
-                    d_model=d_model,
-                    n_latents=n_latents,
-                    k=raw["k"],
-                    k_aux=raw.get("auxk") or 0,
-                    dead_tokens=dead_steps * tokens_per_step if dead_steps else raw["dead_tokens_threshold"],
-                    dead_threshold=raw.get("dead_threshold", 1e-3),
-                    standardize=raw.get("standardize", True),
-                    layers=raw.get("layers"),
-                )
-            except KeyError as err:
-                raise ValueError(f"{config_path}: released-MLSAE config (or {weights_path}) lacks {err}") from None
-            names = {"W_enc": "encoder.weight", "W_dec": "decoder.weight", "b_pre": "pre_encoder_bias"}
-            counter = tensors.get("last_nonzero")
-            fired = None if counter is None else counter.long() * tokens_per_forward
-        else:
-            known = {f.name for f in fields(SAEConfig)}
-            unknown = set(raw) - known - {"format", "format_version"}
-            if unknown:
-                raise ValueError(f"{config_path}: unknown config keys {sorted(unknown)}")
-            cfg = SAEConfig(**{key: raw[key] for key in raw if key in known})
-            names = {"W_enc": "W_enc", "W_dec": "W_dec", "b_pre": "b_pre"}
-            fired = tensors.get("tokens_since_fired")
-        where = f"{weights_path} (tensors autoencoder.*)" if layout == "tfm" else str(weights_path)
-
-        d, m = cfg.d_model, cfg.n_latents
+        cfg, tensors, _ = read_sae(path, tokens_per_step, tokens_per_forward)
         sae = cls(cfg, device="meta").to_empty(device=device or "cpu")  # skip the random init
-        targets = {"W_enc": (sae.W_enc, (m, d)), "W_dec": (sae.W_dec, (d, m)), "b_pre": (sae.b_pre, (d,))}
         with torch.no_grad():
-            for attr, key in names.items():
-                if key not in tensors:
-                    raise ValueError(f"{where}: missing tensor {prefix + key!r} (has {sorted(shapes)[:12]})")
-                target, shape = targets[attr]
-                if tuple(tensors[key].shape) != shape:
-                    raise ValueError(
-                        f"{where}: {key!r} has shape {tuple(tensors[key].shape)}, expected {shape} "
-                        f"from {config_path} (d_model={d}, n_latents={m})"
-                    )
-                target.copy_(tensors[key])
+            sae.W_enc.copy_(tensors["W_enc"])
+            sae.W_dec.copy_(tensors["W_dec"])
+            sae.b_pre.copy_(tensors["b_pre"])
             sae.tokens_since_fired.zero_()
-            if fired is not None:
-                if tuple(fired.shape) != (m,):
-                    raise ValueError(
-                        f"{where}: dead-latent counter has shape {tuple(fired.shape)}, expected ({m},)"
-                    )
-                sae.tokens_since_fired.copy_(fired)
+            if "tokens_since_fired" in tensors:
+                sae.tokens_since_fired.copy_(tensors["tokens_since_fired"])
         return sae
-
-
-def read_provenance(path: str | Path) -> dict:
-    """What a saved SAE says it was trained on (``{}`` for a folder saved without it)."""
-    file = Path(path) / PROVENANCE_FILE
-    return json.loads(file.read_text()) if file.is_file() else {}
-
-
-def sae_folder(source: str | Path) -> Path:
-    """The folder of the MLSAE that ``source`` names: a training run (its ``sae/``), an SAE folder (ours or a
-    released one) or a hub id in the local cache; fails at once, naming what is missing."""
-    folder = _local_or_hub(source)
-    if (folder / "sae" / CONFIG_FILE).is_file():
-        folder = folder / "sae"
-    if not (folder / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{source}: no MLSAE there (no {CONFIG_FILE} in {folder}); give a run folder, an "
-                                "SAE folder (config.json + model.safetensors) or a hub id such as "
-                                "tim-lawson/mlsae-pythia-70m-deduped-x64-k32")
-    return folder
-
-
-def released_layout(raw: dict) -> str | None:
-    """Which released layout a ``config.json`` is in: ``"sae"`` (a ``tim-lawson/mlsae-*`` TopKSAE: ``n_inputs``,
-    ``n_latents``), ``"tfm"`` (a ``-tfm`` MLSAETransformer: ``model_name``, ``expansion_factor``, weights under
-    ``autoencoder.``), or ``None`` for ours."""
-    if "n_inputs" in raw:
-        return "sae"
-    if "model_name" in raw and "expansion_factor" in raw:
-        return "tfm"
-    return None
-
-
-def _read_config(config_path: Path) -> dict:
-    try:
-        return json.loads(Path(config_path).read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path}: not valid JSON ({err})") from err
-
-
-def sae_shape(folder: Path) -> tuple[int, int, int]:
-    """``(d_model, n_latents, k)`` from an SAE folder (ours or a released layout), without loading its weights."""
-    raw = _read_config(Path(folder) / CONFIG_FILE)
-    layout = released_layout(raw)
-    if layout == "tfm":
-        with safe_open(str(Path(folder) / WEIGHTS_FILE), framework="pt") as f:
-            d_model = f.get_slice("autoencoder.encoder.weight").get_shape()[1]
-        return int(d_model), int(d_model * raw["expansion_factor"]), int(raw["k"])
-    d_model = raw["n_inputs"] if layout == "sae" else raw["d_model"]
-    return int(d_model), int(raw["n_latents"]), int(raw["k"])
-
-
-def released_facts(folder: Path) -> dict:
-    """What a released ``-tfm`` checkpoint's config says about how it was trained: its model (``model_name``)
-    and whether a tuned lens came first; ``{}`` for other layouts (ours say it in ``provenance.json``)."""
-    raw = _read_config(Path(folder) / CONFIG_FILE)
-    if released_layout(raw) != "tfm":
-        return {}
-    return {"model": raw["model_name"], "tuned_lens": bool(raw.get("tuned_lens", False))}
-
-
-def _local_or_hub(path: str | Path) -> Path:
-    """A local folder, or the snapshot of hub repo ``path`` (cache first; download unless offline)."""
-    local = Path(path).expanduser()
-    text = str(path)
-    if local.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
-        return local
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(text, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached: try the hub unless told not to
-        from mlsae.core import hub
-
-        if hub.offline_requested():
-            raise FileNotFoundError(f"{text}: no such folder, and the hub repo is not in the local cache "
-                                    f"(HF_HUB_OFFLINE is set); fetch it with `hf download {text}`") from None
-        try:
-            return Path(snapshot_download(text))
-        except Exception as err:  # noqa: BLE001
-            raise FileNotFoundError(f"{text}: no such folder, and the hub repo could not be fetched "
-                                    f"({type(err).__name__}: {err})") from None
-
-
-def model_card(cfg: SAEConfig, provenance: dict) -> str:
-    """A Hugging Face model card (``README.md``) stating what the SAE is and what it was trained on."""
-    p = provenance
-    layers = "every layer (a multi-layer SAE)" if cfg.layers is None else f"layers {cfg.layers}"
-    lens = f"yes ({p.get('lens')})" if p.get("tuned_lens") else "no"
-    metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in (p.get("metrics") or {}).items())
-    rows = [("model", f"`{p.get('model')}`"), ("model weights", f"`{p.get('model_identity')}`"),
-            ("layers", layers), ("tuned lens", lens), ("data", f"`{p.get('data')}` ({p.get('split', 'train')} split), "
-                                                                f"`{p.get('data_identity')}`"),
-            ("latents", f"{cfg.n_latents} (R = {cfg.n_latents // cfg.d_model}), k = {cfg.k}, d_model = {cfg.d_model}"),
-            ("preset", f"`{p.get('preset')}`"), ("tokens seen", f"{p.get('tokens'):,}" if p.get("tokens") else "?"),
-            ("training", f"{p.get('steps', '?')} steps, seed {p.get('seed', '?')}, {p.get('processes', 1)} process(es)"),
-            ("final training metrics", metrics or "?"), ("cache key", f"`{p.get('cache_key')}`"),
-            ("mlsae", f"{p.get('mlsae_version')} (git {p.get('git_commit') or 'unknown'})")]
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return (f"---\nlibrary_name: mlsae\ntags:\n- sparse-autoencoder\n- interpretability\n---\n\n"
-            f"# Multi-layer SAE for `{p.get('model')}`\n\n"
-            f"A top-k sparse autoencoder trained on the residual stream of {layers} of `{p.get('model')}` "
-            f"with `mlsae`, a reproduction of *Residual Stream Analysis with Multi-Layer SAEs* (ICLR 2025).\n\n"
-            f"| | |\n| --- | --- |\n{table}\n\n"
-            f"Load with `MLSAE.from_pretrained(path)`; evaluate with `python -m mlsae eval <run folder>`.\n")
-
 
 def dense_reference_loss(
     sae: MLSAE, x: Tensor, dead_mask: Tensor | None = None

@@ -24,15 +24,39 @@ from mlsae.core.paths import mlsae_home, safe_name
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
-from mlsae.core.presets import NOTEBOOK_PRESETS, default_data
+from mlsae.analysis.distributions import (
+    PAPER_WINDOW,
+    LayerDistributions,
+    ResidualGeometry,
+    layer_distributions,
+    prompt_distribution,
+    residual_geometry,
+)
+from mlsae.analysis.examples import MaxExamples, max_examples
+from mlsae.analysis.metrics import EvalResult, evaluate
+from mlsae.core.cache import cached
+from mlsae.core.presets import NOTEBOOK_PRESETS, TRAIN_PRESETS, default_data
+from mlsae.data.sources import data_identity, load_text, token_batches
+from mlsae.models.lens import IDENTITY
+from mlsae.models.lens_training import lens_fields, residual_lens_for
+from mlsae.models.registry import (
+    REGISTRY,
+    is_available,
+    load_model,
+    model_context,
+    model_identity,
+    model_shape,
+    resolve_model,
+)
+from mlsae.sae.io import read_provenance, released_facts
+from mlsae.sae.model import MLSAE
+from mlsae.training.config import TrainConfig, config_from_preset
+from mlsae.training.store import ensure_trained, train_or_load
 
 
 def model_of_sae(source: str, folder: Path, flag: str = "-p model") -> str:
     """The model a pretrained SAE was trained on: its provenance's or its ``-tfm`` config's, else the registry
     name in its id (``tim-lawson/mlsae-pythia-70m-deduped-x64-k32`` -> ``pythia-70m``)."""
-    from mlsae.models.registry import REGISTRY
-    from mlsae.sae.model import read_provenance, released_facts
-
     if (model := read_provenance(folder).get("model") or released_facts(folder).get("model")) is not None:
         by_repo = [name for name, e in REGISTRY.items() if e.repo_id == model]
         return by_repo[0] if by_repo else model
@@ -46,8 +70,6 @@ def model_of_sae(source: str, folder: Path, flag: str = "-p model") -> str:
 def lens_of_sae(source: str, folder: Path) -> bool:
     """Whether a pretrained SAE reads tuned-lens-transformed activations: its provenance or ``-tfm`` config says
     so, else its released name does (``...-k32-lens``, ``...-k32-lens-tfm``)."""
-    from mlsae.sae.model import read_provenance, released_facts
-
     said = read_provenance(folder).get("tuned_lens", released_facts(folder).get("tuned_lens"))
     if said is not None:
         return bool(said)
@@ -68,9 +90,6 @@ def preset_settings(preset: str) -> dict:
     """A notebook preset with R and the sequence length of the train preset it names (defined there, once)."""
     if preset not in NOTEBOOK_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(NOTEBOOK_PRESETS)}")
-    from mlsae.core.presets import TRAIN_PRESETS
-    from mlsae.training.train import TrainConfig
-
     settings = NOTEBOOK_PRESETS[preset]
     train = TrainConfig(**TRAIN_PRESETS[settings["train"]])
     return {**settings, "expansion_factor": train.expansion_factor, "seq_len": train.seq_len}
@@ -110,7 +129,7 @@ class Experiment:
         self._sae_folder: Path | None = None
         sae_d_model = None
         if pretrained_sae is not None:  # its shape, and its model when not given, before any work
-            from mlsae.sae.model import sae_folder, sae_shape
+            from mlsae.sae.io import sae_folder, sae_shape
 
             self._sae_folder = sae_folder(typed_parameter("pretrained_sae", pretrained_sae, str))
             model = model or model_of_sae(pretrained_sae, self._sae_folder)
@@ -141,7 +160,6 @@ class Experiment:
             raise ValueError(f"expansion_factor must be positive, got {self.expansion_factor}")
         if self.k <= 0:
             raise ValueError(f"k must be positive, got {self.k}")
-        from mlsae.models.registry import model_context, model_shape, resolve_model
 
         source = resolve_model(self.model)  # unknown names fail here, before any work
         self.data: str = data or default_data(self.model, source.kind)
@@ -220,16 +238,11 @@ class Experiment:
     @cached_property
     def lm(self) -> tuple[Any, Any]:
         """(model, tokenizer), loaded through the registry."""
-        from mlsae.models.registry import load_model
-
         return load_model(self.model, device=self.device)
 
     @cached_property
     def lens(self):
         """The tuned lens the SAE works behind, or the identity lens (no lens)."""
-        from mlsae.models.lens import IDENTITY
-        from mlsae.models.lens_training import residual_lens_for
-
         if not self.tuned_lens:
             return IDENTITY
 
@@ -237,8 +250,6 @@ class Experiment:
         return residual_lens_for(self.model, model, tokenizer, **self.train_config().lens_kwargs(), progress=self.progress)
 
     def train_config(self):
-        from mlsae.training.train import config_from_preset
-
         overrides = dict(
             model=self.model, expansion_factor=self.expansion_factor, k=self.k, tuned_lens=self.tuned_lens,
             layers=self.layers, data=self.data, seed=self.seed, device=self.device,
@@ -254,9 +265,6 @@ class Experiment:
     @cached_property
     def sae(self):
         """The SAE: ``pretrained_sae`` loaded, or trained (once, cached) from :meth:`train_config`."""
-        from mlsae.sae.model import MLSAE
-        from mlsae.training.train import train_or_load
-
         if self._sae_folder is not None:  # pretrained_sae was given
             return MLSAE.from_pretrained(self._sae_folder).eval()
         sae, _ = train_or_load(self.train_config(), progress=self.progress)
@@ -290,8 +298,6 @@ class Experiment:
 
     def batches(self, tokens: int, split: str = "test") -> Iterator[Tensor]:
         """Token batches [batch, seq_len] of held-out text (``split='test'``)."""
-        from mlsae.data.sources import load_text, token_batches
-
         _, tokenizer = self.lm
         dataset = load_text(self.data, split=split, streaming=True)
         return token_batches(dataset, tokenizer, self.seq_len, self.eval_batch_size, max_tokens=tokens)
@@ -305,16 +311,11 @@ class Experiment:
 
     def _stream_fields(self, tokens: int) -> dict:
         """What selects the held-out token stream a statistic is computed on (part of its cache key)."""
-        from mlsae.data.sources import data_identity
-
         return dict(tokens=tokens, data=data_identity(self.data), seq_len=self.seq_len,
                     batch_size=self.eval_batch_size)
 
     def evaluate(self, downstream: bool = True, layers: list[int] | None = None):
         """Metrics on held-out text; ``layers`` applies the SAE elsewhere than where it was trained."""
-        from mlsae.analysis.metrics import EvalResult, evaluate
-        from mlsae.core.cache import cached
-
         fields = dict(self._stream_fields(self.eval_tokens), downstream=downstream, layers=layers)
         return cached(self.out_dir, "eval", fields, EvalResult.load, lambda: evaluate(
             *self.lm, self.sae, self.batches(self.eval_tokens), lens=self.lens, downstream=downstream, layers=layers,
@@ -323,9 +324,6 @@ class Experiment:
     def distributions(self, layers: list[int] | None = None, window: int | None = None):
         """Distributions over layers; ``layers`` (e.g. every layer for a single-layer SAE) as in :meth:`evaluate`;
         ``window``: tokens per window of the paper's estimator (default 2048, theirs)."""
-        from mlsae.analysis.distributions import PAPER_WINDOW, LayerDistributions, layer_distributions
-        from mlsae.core.cache import cached
-
         window = window or PAPER_WINDOW
         fields = dict(self._stream_fields(self.analysis_tokens), layers=layers, window=window)
         return cached(self.out_dir, "distributions", fields, LayerDistributions.load, lambda: layer_distributions(
@@ -334,17 +332,12 @@ class Experiment:
 
     def prompt_distribution(self, prompt: str = IOI_PROMPT):
         """One prompt's distributions over layers (computed each time: one forward pass)."""
-        from mlsae.analysis.distributions import prompt_distribution
-
         model, tokenizer = self.lm
         return prompt_distribution(model, tokenizer, self.sae, prompt, lens=self.lens)
 
     def max_examples(self, n_examples: int = 8):
         """PAPER.md §4 item 14: the top ``n_examples`` activations of every (layer, latent) and the
         analysed token ids (:class:`mlsae.analysis.examples.MaxExamples`), cached next to the SAE."""
-        from mlsae.analysis.examples import MaxExamples, max_examples
-        from mlsae.core.cache import cached
-
         fields = dict(self._stream_fields(self.analysis_tokens), n_examples=n_examples)
         return cached(self.out_dir, "examples", fields, MaxExamples.load, lambda: max_examples(
             *self.lm, self.sae, self.batches(self.analysis_tokens), lens=self.lens, n_examples=n_examples,
@@ -352,17 +345,11 @@ class Experiment:
 
     def geometry_fields(self) -> dict:
         """What :meth:`geometry` depends on (its cache key): the model's weights, the text and the lens."""
-        from mlsae.models.lens_training import lens_fields
-        from mlsae.models.registry import model_identity
-
         lens = lens_fields(self.model, **self.train_config().lens_kwargs()) if self.tuned_lens else None
         return dict(self._stream_fields(self.eval_tokens), model=model_identity(self.model), lens=lens)
 
     def geometry(self):
         """Adjacent-layer cosine similarity and norms of the residual stream (no SAE involved)."""
-        from mlsae.analysis.distributions import ResidualGeometry, residual_geometry
-        from mlsae.core.cache import cached
-
         return cached(mlsae_home() / "geometry" / safe_name(self.model), "geometry", self.geometry_fields(), ResidualGeometry.load,
                       lambda: residual_geometry(*self.lm, lambda: self.batches(self.eval_tokens), lens=self.lens,
                                                 progress=self.progress))
@@ -372,8 +359,6 @@ def train_together(experiments: list[Experiment]) -> None:
     """Train the SAEs these experiments need and the cache lacks, one pass of each language model for
     all SAEs that share its token stream (e.g. with and without the lens, a sweep, the single-layer
     baselines); identical weights to training each alone (:func:`mlsae.training.train.train_many`)."""
-    from mlsae.training.train import ensure_trained
-
     todo = [e for e in experiments if e.pretrained_sae is None]  # a pretrained SAE is loaded, never trained
     if todo:
         ensure_trained([e.train_config() for e in todo], progress=todo[0].progress)
@@ -408,8 +393,6 @@ def series_models(exp: Experiment, models: list[str] | str | None = None) -> lis
     """The model-size series for ``exp``: ``models`` (a list, or its JSON text) or the preset's, those
     loadable here, plus ``exp.model``; ordered by depth then width. An unknown name fails at once; hub
     models that are not cached are left out (and said so), zoo models are always available."""
-    from mlsae.models.registry import is_available, model_shape, resolve_model
-
     models = list_parameter("models", models)
     for m in models or ():
         resolve_model(m)  # an unknown name fails here, before any work
@@ -426,8 +409,6 @@ def series_models(exp: Experiment, models: list[str] | str | None = None) -> lis
 def family_models(exp: Experiment, families: dict[str, list[str]] | str | None = None) -> dict[str, list[str]]:
     """Notebook 12's families: ``families`` (a dict, or its JSON text) or the preset's, every name checked
     at once, those not on this machine left out (and said so), each family ordered by depth then width."""
-    from mlsae.models.registry import is_available, model_shape, resolve_model
-
     families = _from_json_text("families", families, "a mapping", """-p families '{"GPT-2": ["gpt2"]}'""")
     wanted = families if families is not None else exp.settings["families"]
     if not isinstance(wanted, dict) or not wanted:

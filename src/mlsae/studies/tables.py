@@ -10,6 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mlsae.analysis.decoder import decoder_vectors, max_cosine, mmcs
+from mlsae.analysis.distributions import headline_row, latent_order
+from mlsae.models.lm_eval import ioi_report
+from mlsae.models.registry import load_model, resolve_model
+from mlsae.models.zoo import zoo_report
 from mlsae.studies.experiment import Experiment, list_parameter, train_together, typed_parameter
 
 
@@ -47,8 +52,6 @@ def sweep(exp: Experiment, expansion_factors: list[int], ks: list[int], k_expans
     FVU and Delta CE (held-out, mean over layers), mean std of ``p(l | j)``, the headline variance
     ratio, MMCS of the decoder and training time.
     """
-    from mlsae.analysis.decoder import decoder_vectors, mmcs
-
     points = sweep_points(exp, expansion_factors, ks, k_expansion_factor)
     train_together([e for _, e in points])
     rows = []
@@ -119,10 +122,6 @@ def language_model_report(name: str, device: str = "cpu") -> dict:
     """The same summary for any registry model: the zoo's stored report, or, for other models,
     their shape and IOI behaviour (held-out and unigram losses need their training text, so they
     are ``None`` there)."""
-    from mlsae.models.lm_eval import ioi_report
-    from mlsae.models.registry import load_model, resolve_model
-    from mlsae.models.zoo import zoo_report
-
     if resolve_model(name).kind == "zoo":
         report = zoo_report(name)
         return {k: report.get(k) for k in REPORT_FIELDS}
@@ -136,8 +135,6 @@ def language_model_report(name: str, device: str = "cpu") -> dict:
 
 def _paper_columns(summary: dict) -> dict:
     """The paper's estimator and its decomposition next to the honest ratio (PAPER.md §3b)."""
-    from mlsae.analysis.distributions import headline_row
-
     row = headline_row(summary)
     row.pop("honest ratio")  # the tables already carry it as "variance ratio"
     return row
@@ -146,16 +143,12 @@ def _paper_columns(summary: dict) -> dict:
 def decoder_mmcs(exp: Experiment, models: list[str]) -> dict[str, float]:
     """Notebook 08: MMCS of each model's MLSAE decoder (mean over latents of the largest cosine
     similarity with another latent's decoder vector)."""
-    from mlsae.analysis.decoder import decoder_vectors, max_cosine
-
     return {m: float(max_cosine(decoder_vectors(exp.with_model(m).sae), device=exp.device)[0].mean()) for m in models}
 
 
 def nearest_token_table(stats, near: dict, tokenizer, latents_shown: int) -> list[dict]:
     """Notebook 08: for ``latents_shown`` alive latents spread over depth (by mean layer), the tokens whose
     embedding/unembedding directions are nearest their decoder vector (``near``: name -> (sims, ids))."""
-    from mlsae.analysis.distributions import latent_order
-
     mean = stats.mean_layer.numpy()
     order = latent_order(stats)
     shown = order[np.linspace(0, len(order) - 1, latents_shown).round().astype(int)]
@@ -184,8 +177,6 @@ def layer_statistics_table(stats: dict, min_share: float) -> list[dict]:
 def family_table(exp: Experiment, families: dict[str, list[str]]) -> tuple[list[dict], dict]:
     """Notebook 12: the central quantities of every model of every family, and each model's residual
     geometry (keyed ``"family: model"``)."""
-    from mlsae.analysis.distributions import headline_row
-
     rows, geoms = [], {}
     for family, models in families.items():
         for m in models:

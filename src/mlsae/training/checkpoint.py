@@ -1,0 +1,116 @@
+"""Checkpoints: one folder written whole (the SAE, Adam, the loss scaler, the token stream's position and the
+config), read back exactly, and refused with one clear message when incomplete or written under other
+settings. No pickle: every tensor is in the one result format (:func:`mlsae.core.paths.save_result`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from mlsae.core.paths import atomic_dir, load_result, save_result
+from mlsae.sae.model import MLSAE
+from mlsae.training.config import NOT_IN_WEIGHTS, TrainConfig
+
+
+def save_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, scaler, stream: dict, state: dict, cfg: TrainConfig) -> None:
+    """Everything a resume needs, written as one folder that appears whole or not at all: the SAE with its
+    dead-latent counters, Adam, the loss scaler's state (fp16), the token stream's position, the config."""
+    with atomic_dir(ckpt_dir) as tmp:
+        sae.save_pretrained(tmp / "sae")
+        _save_optimizer(opt, tmp / "optimizer.safetensors")
+        save_result(tmp / "stream.safetensors", {"carry": torch.tensor(stream["carry"], dtype=torch.long)},
+                    {"batches": stream["batches"], "position": stream["position"]})
+        (tmp / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        scaler_state = scaler.state_dict() if scaler is not None else None
+        (tmp / "state.json").write_text(json.dumps({**state, "scaler": scaler_state}))
+
+
+def _save_optimizer(opt, path: Path) -> None:
+    """Adam's state in the one result format (:func:`mlsae.core.paths.save_result`): moments and step counts as
+    tensors, the param groups as JSON. No pickle."""
+    state = opt.state_dict()
+    tensors = {f"state.{i}.{name}": value for i, slots in state["state"].items() for name, value in slots.items()}
+    save_result(path, tensors, {"param_groups": state["param_groups"]})
+
+
+def _load_optimizer(path: Path) -> dict:
+    tensors, meta = load_result(path)
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, i, name = key.split(".", 2)
+        state.setdefault(int(i), {})[name] = value
+    groups = meta["param_groups"]
+    for g in groups:
+        g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+def check_resume_config(ckpt_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a checkpoint under other hyper-parameters (the checkpoint's would silently win)."""
+    path = ckpt_dir / "train_config.json"
+    _require_checkpoint_files(ckpt_dir)
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError:
+        raise ValueError(f"{path}: not valid JSON; delete {ckpt_dir} to start this run over") from None
+    now = cfg.to_dict()
+    changed = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
+               if k not in NOT_IN_WEIGHTS and saved.get(k, now[k]) != now[k]]
+    if changed:
+        raise ValueError(f"cannot resume {ckpt_dir} with other settings ({'; '.join(changed)}): resume with the "
+                         f"checkpoint's settings, or start over (--no-resume, or another --out)")
+
+
+CHECKPOINT_FILES = ("sae/config.json", "sae/model.safetensors", "optimizer.safetensors", "stream.safetensors",
+                    "train_config.json", "state.json")
+
+
+def _require_checkpoint_files(ckpt_dir: Path) -> None:
+    missing = [name for name in CHECKPOINT_FILES if not (ckpt_dir / name).is_file()]
+    if missing:
+        raise ValueError(f"{ckpt_dir}: not a complete checkpoint of this version of mlsae (missing "
+                         f"{', '.join(missing)}); delete it to start this run over (--no-resume)")
+
+
+def load_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, scaler) -> tuple[int, int, float, dict]:
+    """Restore ``sae``, ``opt`` and ``scaler`` in place; returns step, tokens, seconds and the stream position."""
+    _require_checkpoint_files(ckpt_dir)
+    saved = MLSAE.from_pretrained(ckpt_dir / "sae")  # a torn model.safetensors is a clear ValueError there
+    if saved.cfg != sae.cfg:
+        raise ValueError(f"checkpoint at {ckpt_dir} was written for a different SAE configuration; delete it or change out_dir")
+    sae.load_state_dict(saved.state_dict())
+    path = ckpt_dir / "optimizer.safetensors"
+    try:
+        state = _load_optimizer(path)
+    except Exception as err:  # a torn file, or anything that is not a plain state dict
+        raise ValueError(f"{path}: cannot be read ({type(err).__name__}: {str(err)[:200]}); the checkpoint is "
+                         f"incomplete. Delete {ckpt_dir} to start this run over (--no-resume)") from None
+    opt.load_state_dict(state)  # moves the state to the parameters' device
+    state = json.loads((ckpt_dir / "state.json").read_text())
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    try:
+        tensors, meta = load_result(ckpt_dir / "stream.safetensors")
+    except Exception as err:
+        raise ValueError(f"{ckpt_dir / 'stream.safetensors'}: cannot be read ({type(err).__name__}); the checkpoint "
+                         f"is incomplete. Delete {ckpt_dir} to start this run over (--no-resume)") from None
+    stream = {**meta, "carry": tensors["carry"].tolist()}
+    return state["step"], state["tokens"], state["seconds"], stream
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a metrics log; a torn last line (a kill while it was written) is dropped."""
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                break  # the torn last line: the checkpoint's step bounds what is kept anyway
+            raise ValueError(f"{path}: line {i + 1} is not JSON; delete the file to start its log over") from None
+    return rows

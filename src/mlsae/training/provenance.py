@@ -1,0 +1,38 @@
+"""What a trained SAE says it was trained on (``provenance.json`` and the model card): the model's and the
+data's identity, the lens, the presets, the budget and the code's commit."""
+
+from __future__ import annotations
+
+from mlsae import __version__
+from mlsae.core.paths import git_output, repository_root
+from mlsae.data.sources import data_identity
+from mlsae.models.lens_training import lens_record
+from mlsae.models.registry import model_identity
+from mlsae.training.config import TrainConfig
+
+
+def provenance(cfg: TrainConfig, steps: int, tokens: int, metrics: list[dict], processes: int = 1) -> dict:
+    """What an SAE was trained on, saved beside its weights (``provenance.json`` and the model card):
+    enough for ``mlsae eval RUN_DIR`` and for a reader to know where it came from."""
+    last = metrics[-1] if metrics else {}
+    return {
+        "model": cfg.model, "model_identity": model_identity(cfg.model), "layers": cfg.layers,
+        "tuned_lens": cfg.tuned_lens, "lens": lens_record(cfg.model, **cfg.lens_kwargs()) if cfg.tuned_lens else None,
+        "data": cfg.data, "data_identity": data_identity(cfg.data), "split": "train", "preset": cfg.preset,
+        "steps": steps, "tokens": tokens, "seq_len": cfg.seq_len, "seed": cfg.seed, "processes": processes,
+        "metrics": {k: last[k] for k in ("loss", "fvu", "dead_fraction") if k in last},
+        "cache_key": cfg.cache_key(), "train_config": cfg.to_dict(),
+        "mlsae_version": __version__, "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    """The repository's commit when running from a checkout (``+dirty`` with local changes), else None."""
+    root = repository_root()
+    if root is None:
+        return None
+    commit = (git_output(root, "rev-parse", "HEAD") or "").strip()
+    if not commit:
+        return None
+    dirty = (git_output(root, "status", "--porcelain", "--untracked-files=no") or "").strip()
+    return commit + ("+dirty" if dirty else "")
