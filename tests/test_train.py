@@ -441,6 +441,7 @@ def test_training_and_evaluation_ask_for_the_same_lens(monkeypatch, tmp_path):
 
     monkeypatch.setattr("mlsae.training.train.residual_lens_for", recorder)
     monkeypatch.setattr("mlsae.models.lens_training.residual_lens_for", recorder)
+    monkeypatch.setattr("mlsae.studies.experiment.residual_lens_for", recorder)
     for seed in (42, 7):
         exp = Experiment(preset="tiny", model="micro-s", tuned_lens=True, seed=seed)
         with pytest.raises(_LensAsked):
