@@ -17,6 +17,7 @@ from mlsae.models.lens import ResidualLens
 from mlsae.models.lens_training import lens_fields
 from mlsae.studies.experiment import Experiment
 from mlsae.training.config import TrainConfig, config_from_preset
+from mlsae.training.identity import sae_key
 
 
 def test_a_rebuilt_zoo_model_never_reuses_what_was_made_from_the_old_one(monkeypatch):
@@ -39,20 +40,20 @@ def test_edited_data_changes_the_keys(tmp_path):
     data = tmp_path / "text"
     data.mkdir()
     (data / "train.jsonl").write_text(json.dumps({"text": "one"}) + "\n")
-    first = (data_identity(str(data)), TrainConfig(data=str(data)).cache_key())
+    first = (data_identity(str(data)), sae_key(TrainConfig(data=str(data))))
     (data / "train.jsonl").write_text(json.dumps({"text": "two"}) + "\n")
-    second = (data_identity(str(data)), TrainConfig(data=str(data)).cache_key())
+    second = (data_identity(str(data)), sae_key(TrainConfig(data=str(data))))
     assert first[0] != second[0] and first[1] != second[1]
     assert data_identity("offline") != data_identity("offline:micro")
 
 
 def test_the_key_covers_every_result_field_and_the_code_version(monkeypatch):
-    base = config_from_preset("tiny", model="micro-s").cache_key()
-    assert base == config_from_preset("tiny", model="micro-s", device="cpu", log_every=1).cache_key()
+    base = sae_key(config_from_preset("tiny", model="micro-s"))
+    assert base == sae_key(config_from_preset("tiny", model="micro-s", device="cpu", log_every=1))
     for change in ({"k": 16}, {"seed": 1}, {"lr": 1e-3}, {"max_tokens": 20_000}, {"layers": [0]}, {"tuned_lens": True}):
-        assert config_from_preset("tiny", model="micro-s", **change).cache_key() != base, change
+        assert sae_key(config_from_preset("tiny", model="micro-s", **change)) != base, change
     monkeypatch.setitem(cache.VERSIONS, "sae", cache.VERSIONS["sae"] + 1)
-    assert config_from_preset("tiny", model="micro-s").cache_key() != base
+    assert sae_key(config_from_preset("tiny", model="micro-s")) != base
 
 
 def test_cached_computes_once_and_says_what_it_was_made_from(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from mlsae.models.lens_training import (
     save_lens,
     train_tuned_lens,
 )
+from mlsae.training.identity import sae_key
 
 
 @pytest.fixture(scope="module")
@@ -148,13 +149,13 @@ def test_the_pretrained_lens_is_used_named_and_keyed(pythia_stand_in, capsys):
     model, tokenizer = load_model("pythia-70m")
     cfg = TrainConfig(model="pythia-70m", data=str(pile), tuned_lens=True)
     assert pretrained_lens_identity("pythia-70m") is None
-    key_without = cfg.cache_key()
+    key_without = sae_key(cfg)
     lens = _put_pretrained_lens(cache, model, tmp_path)
     identity = f"AlignmentResearch/tuned-lens@{HUB_SHA}:lens/EleutherAI/pythia-70m-deduped"
     assert pretrained_lens_identity("pythia-70m") == identity
     assert lens_record("pythia-70m", **cfg.lens_kwargs()) == {"source": "pretrained", "identity": identity}
-    assert cfg.cache_key() != key_without  # the lens is part of what the SAE was trained behind
-    assert cfg.cache_key() == TrainConfig(model="pythia-70m", data=str(pile), tuned_lens=True, lens_tokens=7).cache_key()
+    assert sae_key(cfg) != key_without  # the lens is part of what the SAE was trained behind
+    assert sae_key(cfg) == sae_key(TrainConfig(model="pythia-70m", data=str(pile), tuned_lens=True, lens_tokens=7))
     used = residual_lens_for("pythia-70m", model, tokenizer, **cfg.lens_kwargs(), progress=False)
     expected = ResidualLens.from_tuned_lens(lens)
     x = torch.randn(3, 5, 32)

@@ -6,6 +6,7 @@ import torch
 from conftest import write_released_mlsae
 from mlsae.sae.config import SAEConfig
 from mlsae.sae.model import MLSAE, dense_reference_loss, geometric_median, standardize
+from mlsae.training.identity import sae_key
 
 
 def small(d=16, m=256, k=4, **kw) -> MLSAE:
@@ -122,8 +123,8 @@ def test_train_config_encoder_init():
 
     base = TrainConfig()
     assert base.encoder_init == "unit"
-    assert base.cache_key() == TrainConfig().cache_key() and base.cache_key().startswith("pythia-70m-x64-k32-all-")
-    assert TrainConfig(encoder_init="fit").cache_key() != base.cache_key()
+    assert sae_key(base) == sae_key(TrainConfig()) and sae_key(base).startswith("pythia-70m-x64-k32-all-")
+    assert sae_key(TrainConfig(encoder_init="fit")) != sae_key(base)
     with pytest.raises(ValueError, match="encoder_init"):
         TrainConfig(encoder_init="zeros")
 

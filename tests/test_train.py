@@ -20,6 +20,7 @@ from mlsae.models.registry import load_model
 from mlsae.sae.config import SAEConfig
 from mlsae.sae.model import MLSAE
 from mlsae.training.config import TrainConfig, config_from_preset
+from mlsae.training.identity import sae_key
 from mlsae.training.train import train, train_many
 
 
@@ -61,7 +62,7 @@ def test_a_trained_sae_says_what_it_was_trained_on_and_evaluates_from_its_folder
     assert p["model"] == cfg.model and p["model_identity"] == model_identity(cfg.model)
     assert p["data_identity"] == data_identity(cfg.data) and p["split"] == "train" and p["preset"] == "tiny"
     assert p["tokens"] > 0 and p["steps"] == 6
-    assert p["cache_key"] == cfg.cache_key() and p["train_config"] == cfg.to_dict() and "fvu" in p["metrics"]
+    assert p["cache_key"] == sae_key(cfg) and p["train_config"] == cfg.to_dict() and "fvu" in p["metrics"]
     assert p["mlsae_version"] and "git_commit" in p
     card = (tmp_path / "run" / "sae" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: mlsae") and p["model_identity"] in card
@@ -403,7 +404,7 @@ def test_a_folder_being_trained_by_another_process_is_refused_and_the_cache_wait
     # The cache (train_or_load) waits for the other process instead, then uses what it trained.
     monkeypatch.setenv("MLSAE_HOME", str(tmp_path / "home"))
     cfg = _cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 4)
-    cached = tmp_path / "home" / "saes" / cfg.cache_key()
+    cached = tmp_path / "home" / "saes" / sae_key(cfg)
     cached.parent.mkdir(parents=True)
     trained = []
     monkeypatch.setattr(store, "train", lambda *a, **kw: trained.append(1))
@@ -455,10 +456,10 @@ def test_training_and_evaluation_ask_for_the_same_lens(monkeypatch, tmp_path):
 
 def test_lens_budget_is_in_the_key_only_where_it_changes_the_sae():
     base = config_from_preset("default", model="zoo-m")
-    assert base.cache_key() == config_from_preset("default", model="zoo-m", lens_tokens=1_000).cache_key()  # no lens
+    assert sae_key(base) == sae_key(config_from_preset("default", model="zoo-m", lens_tokens=1_000))  # no lens
     lensed = config_from_preset("default", model="zoo-m", tuned_lens=True)
     assert lensed.lens_tokens == 400_000
-    assert lensed.cache_key() != config_from_preset("default", model="zoo-m", tuned_lens=True, lens_tokens=1_000).cache_key()
+    assert sae_key(lensed) != sae_key(config_from_preset("default", model="zoo-m", tuned_lens=True, lens_tokens=1_000))
     with pytest.raises(ValueError, match="lens_tokens"):
         config_from_preset("default", model="zoo-m", lens_tokens=0)
 
@@ -488,7 +489,7 @@ def test_metrics_also_go_to_weights_and_biases_when_asked(tiny_model_dir, text_d
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object() if name == "wandb" else real_find_spec(name, *a))
     cfg = _cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 6, tracker="wandb")
-    assert cfg.cache_key() == _cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 6).cache_key()
+    assert sae_key(cfg) == sae_key(_cfg(tiny_model_dir, text_dir, max_tokens=16 * 4 * 6))
     train(cfg, tmp_path / "run", progress=False)
     log = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     (run,) = runs
@@ -590,7 +591,7 @@ def test_one_seeding_helper_seeds_everything_and_asks_for_determinism_when_told(
     finally:
         torch.use_deterministic_algorithms(before)
     assert TrainConfig().deterministic is False
-    assert config_from_preset("tiny", deterministic=True).cache_key() == config_from_preset("tiny").cache_key()
+    assert sae_key(config_from_preset("tiny", deterministic=True)) == sae_key(config_from_preset("tiny"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")

@@ -33,7 +33,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...
     overrides the preset."""
     import typing
 
-    hints, helps = typing.get_type_hints(cls), cls.field_help()
+    hints, helps, choices = typing.get_type_hints(cls), cls.field_help(), cls.choices()
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -42,6 +42,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...
         kind = hints[f.name]
         if kind is bool:
             parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
+        elif f.name in choices:
+            parser.add_argument(*flags, dest=f.name, choices=choices[f.name], default=None, help=help)
         elif kind in (int, float, str):
             parser.add_argument(*flags, dest=f.name, type=kind, default=None, help=help)
         elif kind == (list[int] | None):

@@ -51,6 +51,7 @@ from mlsae.models.registry import (
 from mlsae.sae.io import read_provenance, released_facts
 from mlsae.sae.model import MLSAE
 from mlsae.training.config import TrainConfig, config_from_preset
+from mlsae.training.identity import sae_key
 from mlsae.training.store import ensure_trained, train_or_load
 
 
@@ -279,7 +280,7 @@ class Experiment:
 
             digest = data_identity(str(self._sae_folder)).partition(":")[2]
             return mlsae_home() / "saes" / f"pretrained-{safe_name(self.pretrained_sae)}-{digest}"
-        return mlsae_home() / "saes" / self.train_config().cache_key()
+        return mlsae_home() / "saes" / sae_key(self.train_config())
 
     def train_summary(self) -> dict:
         """Steps, tokens and wall-clock seconds of the training run that produced the cached SAE."""

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from simple_parsing.docstring import get_attribute_docstring
 
 from mlsae.core.cache import key
 from mlsae.core.paths import safe_name
 from mlsae.core.presets import TRAIN_PRESETS, default_data
-from mlsae.data.sources import data_identity
-from mlsae.models.lens_training import pretrained_lens_identity
-from mlsae.models.registry import model_identity
 from mlsae.models.residuals import check_unique_layers
 from mlsae.sae.model import SAEConfig
 
@@ -49,15 +49,15 @@ class TrainConfig:
     adam_eps: float = 6.25e-10  # Adam epsilon
     seed: int = 42  # initialisation and data order
     device: str = "cpu"  # cpu, cuda, cuda:1, ...
-    autocast: str = "fp32"  # fp32 | bf16 | fp16 (fp16: CUDA only, with loss scaling)
+    autocast: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16: CUDA only, with loss scaling
     checkpoint_every: int = 500  # optimiser steps between checkpoints (resume from the last)
     log_every: int = 10  # optimiser steps between lines of metrics.jsonl
     preset: str = "paper"  # the preset these values started from (paper | default | tiny)
     # "unit": the paper's initialisation (unit-norm encoder rows, W_dec = W_enc^T). "fit": the same
     # directions, then the encoder scaled on the first batch (MLSAE.fit_encoder_scale_), which short
     # runs need (the offline presets use it; see mlsae.core.presets).
-    encoder_init: str = "unit"  # unit (the paper's) | fit (scaled on the first batch)
-    tracker: str = "none"  # none | wandb: also log the metrics to Weights & Biases (WANDB_MODE=offline needs no network)
+    encoder_init: Literal["unit", "fit"] = "unit"  # unit: the paper's; fit: scaled on the first batch
+    tracker: Literal["none", "wandb"] = "none"  # wandb: also log the metrics to Weights & Biases (WANDB_MODE=offline needs no network)
     deterministic: bool = False  # ask torch for deterministic algorithms (CUDA: repeatable runs, slower; CPU already is)
 
     def __post_init__(self):
@@ -73,10 +73,9 @@ class TrainConfig:
                 f"max_tokens={self.max_tokens:,} is less than one training step ({self.batch_size} sequences x "
                 f"{self.seq_len} positions x grad_accum {self.grad_accum} = {self.tokens_per_step:,} tokens); lower "
                 f"batch_size or seq_len (e.g. --batch-size 8 --seq-len 256: 2,048-token steps) or raise max_tokens")
-        if self.encoder_init not in ("unit", "fit"):
-            raise ValueError(f"encoder_init must be 'unit' (the paper's) or 'fit', got {self.encoder_init!r}")
-        if self.autocast not in DTYPES:
-            raise ValueError(f"autocast must be one of {sorted(DTYPES)}, got {self.autocast!r}")
+        for name, options in self.choices().items():  # every Literal field, checked by one rule
+            if getattr(self, name) not in options:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {getattr(self, name)!r}")
         if self.autocast == "fp16" and not self.device.startswith("cuda"):
             raise ValueError("autocast='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
         for name in ("lr", "adam_eps"):
@@ -85,8 +84,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if not math.isfinite(self.auxk_coef) or self.auxk_coef < 0:
             raise ValueError(f"auxk_coef must be a finite number >= 0, got {self.auxk_coef!r}")
-        if self.tracker not in ("none", "wandb"):
-            raise ValueError(f"tracker must be 'none' or 'wandb', got {self.tracker!r}")
         if self.tracker == "wandb":
             import importlib.util
 
@@ -111,13 +108,18 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def field_help(cls) -> dict[str, str]:
-        """Each field's trailing comment in this class's source: the CLI's --help, written once."""
-        import inspect
-        import re
+    def choices(cls) -> dict[str, tuple]:
+        """The fields whose type is a ``Literal``, with their allowed values (validation and the CLI's choices)."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(cls)
+                if typing.get_origin(hints[f.name]) is Literal}
 
-        found = (re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.+)$", line) for line in inspect.getsource(cls).splitlines())
-        return {m.group(1): m.group(2).strip() for m in found if m}
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        """Each field's trailing comment, read by simple-parsing as sparsify's and tuned-lens's CLIs read theirs:
+        the CLI's --help, written once, beside the field."""
+        found = {f.name: get_attribute_docstring(cls, f.name).comment_inline for f in dataclasses.fields(cls)}
+        return {name: text.strip() for name, text in found.items() if text}
 
     def sae_config(self, d_model: int, layers: list[int]) -> SAEConfig:
         """The SAE's own configuration: this run's SAE fields, for a model of width ``d_model``."""
@@ -129,8 +131,10 @@ class TrainConfig:
         training and every evaluation of this SAE share, so they can never map into different bases."""
         return dict(data=self.data, seed=self.seed, train_tokens=self.lens_tokens)
 
-    def cache_key(self) -> str:
-        """A readable, stable name for this configuration's SAE in the shared cache.
+    def cache_key(self, identity: dict) -> str:
+        """A readable, stable name for this configuration's SAE in the shared cache: a pure function of the
+        configuration and ``identity``, what its inputs are (:func:`mlsae.training.identity.identify`, computed
+        once per run).
 
         Everything that changes the trained weights is hashed (:func:`mlsae.core.cache.key`), including the
         identity of the model's weights and of the text, not just their names; ``device``, logging and
@@ -141,10 +145,10 @@ class TrainConfig:
             d.pop(name)
         if not self.tuned_lens:
             d.pop("lens_tokens")
-        elif (lens := pretrained_lens_identity(self.model)) is not None:  # the pretrained lens, not a budget
+        elif identity.get("lens_identity") is not None:  # the pretrained lens, not a budget
             d.pop("lens_tokens")
-            d["lens_identity"] = lens
-        d.update(model_identity=model_identity(self.model), data_identity=data_identity(self.data))
+            d["lens_identity"] = identity["lens_identity"]
+        d.update(model_identity=identity["model_identity"], data_identity=identity["data_identity"])
         where = "all" if self.layers is None else "L" + "-".join(map(str, self.layers))
         lens = "-lens" if self.tuned_lens else ""
         return f"{safe_name(self.model)}-x{self.expansion_factor}-k{self.k}-{where}{lens}-{key('sae', d)}"

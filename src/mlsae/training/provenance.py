@@ -5,23 +5,22 @@ from __future__ import annotations
 
 from mlsae import __version__
 from mlsae.core.paths import git_output, repository_root
-from mlsae.data.sources import data_identity
 from mlsae.models.lens_training import lens_record
-from mlsae.models.registry import model_identity
 from mlsae.training.config import TrainConfig
 
 
-def provenance(cfg: TrainConfig, steps: int, tokens: int, metrics: list[dict], processes: int = 1) -> dict:
+def provenance(cfg: TrainConfig, identity: dict, steps: int, tokens: int, metrics: list[dict],
+               processes: int = 1) -> dict:
     """What an SAE was trained on, saved beside its weights (``provenance.json`` and the model card):
     enough for ``mlsae eval RUN_DIR`` and for a reader to know where it came from."""
     last = metrics[-1] if metrics else {}
     return {
-        "model": cfg.model, "model_identity": model_identity(cfg.model), "layers": cfg.layers,
+        "model": cfg.model, "model_identity": identity["model_identity"], "layers": cfg.layers,
         "tuned_lens": cfg.tuned_lens, "lens": lens_record(cfg.model, **cfg.lens_kwargs()) if cfg.tuned_lens else None,
-        "data": cfg.data, "data_identity": data_identity(cfg.data), "split": "train", "preset": cfg.preset,
+        "data": cfg.data, "data_identity": identity["data_identity"], "split": "train", "preset": cfg.preset,
         "steps": steps, "tokens": tokens, "seq_len": cfg.seq_len, "seed": cfg.seed, "processes": processes,
         "metrics": {k: last[k] for k in ("loss", "fvu", "dead_fraction") if k in last},
-        "cache_key": cfg.cache_key(), "train_config": cfg.to_dict(),
+        "cache_key": cfg.cache_key(identity), "train_config": cfg.to_dict(),
         "mlsae_version": __version__, "git_commit": _git_commit(),
     }
 

@@ -10,12 +10,13 @@ from pathlib import Path
 from mlsae.core.paths import mlsae_home, run_lock
 from mlsae.sae.model import MLSAE
 from mlsae.training.config import STREAM_FIELDS, TrainConfig
+from mlsae.training.identity import sae_key
 from mlsae.training.train import train, train_many
 
 
 def train_or_load(cfg: TrainConfig, *, progress: bool = True) -> tuple[MLSAE, Path]:
     """The SAE for ``cfg`` from the shared cache, training it first if it is not there yet."""
-    out_dir = mlsae_home() / "saes" / cfg.cache_key()
+    out_dir = mlsae_home() / "saes" / sae_key(cfg)
     if not (out_dir / "sae" / "config.json").exists():
         with run_lock(out_dir):  # another process training the same SAE: wait for it, then use its result
             if not (out_dir / "sae" / "config.json").exists():
@@ -27,7 +28,8 @@ def ensure_trained(cfgs: list[TrainConfig], *, progress: bool = True) -> None:
     """Train the SAEs of ``cfgs`` that the shared cache lacks, one model pass for each group that
     shares a token stream (:data:`STREAM_FIELDS`). Same weights as training each alone."""
     def missing(configs):
-        return {c.cache_key(): c for c in configs if not (mlsae_home() / "saes" / c.cache_key() / "sae" / "config.json").exists()}
+        keys = {sae_key(c): c for c in configs}
+        return {k: c for k, c in keys.items() if not (mlsae_home() / "saes" / k / "sae" / "config.json").exists()}
 
     todo = missing(cfgs)
     with contextlib.ExitStack() as held:

@@ -41,6 +41,7 @@ from mlsae.sae.pipeline import sae_inputs
 from mlsae.training import distributed
 from mlsae.training.checkpoint import check_resume_config, load_checkpoint, read_jsonl, save_checkpoint
 from mlsae.training.config import DTYPES, STREAM_FIELDS, TrainConfig
+from mlsae.training.identity import identify, sae_key
 from mlsae.training.provenance import provenance
 
 
@@ -58,7 +59,7 @@ class TrainResult:
 def train(cfg: TrainConfig, out_dir: Path | None = None, *, resume: bool = True, progress: bool = True) -> TrainResult:
     """Train (or resume) an MLSAE and save it to ``out_dir/sae`` with ``save_pretrained``.
 
-    ``out_dir`` defaults to ``$MLSAE_HOME/saes/<cfg.cache_key()>``.
+    ``out_dir`` defaults to the shared store, ``$MLSAE_HOME/saes/<sae_key(cfg)>``.
     """
     return train_many([cfg], None if out_dir is None else [out_dir], resume=resume, progress=progress)[0]
 
@@ -68,7 +69,7 @@ def train_parallel(cfg: TrainConfig, nproc_per_node: int, out_dir: Path | None =
     ``torchrun --standalone --nproc-per-node N -m mlsae train ...`` does (see :mod:`mlsae.training.distributed`).
     Returns the run folder; load the SAE with ``MLSAE.from_pretrained(folder / "sae")``."""
     distributed.check_split(cfg.batch_size, nproc_per_node)
-    out_dir = Path(out_dir) if out_dir is not None else mlsae_home() / "saes" / cfg.cache_key()
+    out_dir = Path(out_dir) if out_dir is not None else mlsae_home() / "saes" / sae_key(cfg)
     distributed.spawn(_train_in_process, nproc_per_node, cfg.to_dict(), str(out_dir), resume)
     return out_dir
 
@@ -106,7 +107,9 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, r
         distributed.check_split(cfgs[0].batch_size, group.world)
         device = distributed.local_device(cfgs[0].device)
         cfgs = [dataclasses.replace(c, device=device) for c in cfgs]
-    out_dirs = [Path(d) for d in out_dirs] if out_dirs is not None else [mlsae_home() / "saes" / c.cache_key() for c in cfgs]
+    identities = [identify(c) for c in cfgs]  # what the inputs are, read once: the keys and the provenance say it
+    out_dirs = ([Path(d) for d in out_dirs] if out_dirs is not None
+                else [mlsae_home() / "saes" / c.cache_key(i) for c, i in zip(cfgs, identities, strict=True)])
     if len(out_dirs) != len(cfgs) or len(set(out_dirs)) != len(out_dirs):
         raise ValueError("train_many needs one distinct out_dir per configuration")
     # Everything that can fail on bad input fails before anything is written.
@@ -132,8 +135,8 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, r
         held.enter_context(distributed.stop_on_sigterm(group))
         fresh = [d for d in out_dirs if not d.exists()]
         try:
-            results = _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress,
-                                    group)
+            results = _train_locked(cfgs, identities, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume,
+                                    progress, group)
         except BaseException:
             if group.main:  # a folder this call made and left with nothing to resume from goes again
                 for d in fresh:
@@ -154,11 +157,11 @@ def _take(lock, out_dir: Path):
                            f"to finish, or train into another folder (--out)") from None
 
 
-def _train_locked(cfgs, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress,
+def _train_locked(cfgs, identities, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress,
                   group: distributed.Group) -> list[TrainResult]:
     cfg0 = cfgs[0]
-    runs = [_Run(c, d, sc, lenses[json.dumps(c.lens_kwargs())] if c.tuned_lens else IDENTITY, resume, group)
-            for c, d, sc in zip(cfgs, out_dirs, sae_cfgs, strict=True)]
+    runs = [_Run(c, i, d, sc, lenses[json.dumps(c.lens_kwargs())] if c.tuned_lens else IDENTITY, resume, group)
+            for c, i, d, sc in zip(cfgs, identities, out_dirs, sae_cfgs, strict=True)]
     if len({(r.step, json.dumps(r.stream_state, sort_keys=True)) for r in runs}) > 1:
         # resumed from different checkpoints: no shared stream position
         for r in runs:
@@ -228,8 +231,9 @@ class _Run:
     """One SAE being trained by :func:`train_many`: its folder, optimiser, counters, log and checkpoints.
     Every rank keeps one; only rank 0's writes files."""
 
-    def __init__(self, cfg: TrainConfig, out_dir: Path, sae_cfg: SAEConfig, lens, resume: bool,
+    def __init__(self, cfg: TrainConfig, identity: dict, out_dir: Path, sae_cfg: SAEConfig, lens, resume: bool,
                  group: distributed.Group = distributed.SOLO):
+        self.identity = identity  # what the inputs are (training.identity.identify), read once per run
         self.cfg, self.out_dir, self.layers, self.lens, self.group = cfg, out_dir, list(sae_cfg.layers or ()), lens, group
         self.ckpt_dir, self.log_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
         self.reduce = group.sum if group.active else None
@@ -322,10 +326,11 @@ class _Run:
         seconds = self.elapsed + self.own_seconds + model_seconds
         if self.group.main:
             self.sae.save_pretrained(self.out_dir / "sae",
-                                     provenance=provenance(self.cfg, self.step, self.tokens, self.metrics, self.group.world))
+                                     provenance=provenance(self.cfg, self.identity, self.step, self.tokens, self.metrics,
+                                                           self.group.world))
             atomic_write_text(self.out_dir / "train_summary.json", json.dumps(
                 {"steps": self.step, "tokens": self.tokens, "seconds": seconds, "wall_seconds": wall,
-                 "processes": self.group.world, "cache_key": self.cfg.cache_key()}, indent=2))
+                 "processes": self.group.world, "cache_key": self.cfg.cache_key(self.identity)}, indent=2))
         return TrainResult(self.sae, self.out_dir, self.step, self.tokens, seconds, self.metrics)
 
 
