@@ -107,3 +107,15 @@ def test_series_and_sweep_points_fail_on_a_bad_element_before_any_work(monkeypat
         family_models(exp, {"GPT-2": ["micro-gpt2-s", "nope"]})
     with pytest.raises(ValueError, match="mapping"):
         family_models(exp, "{not json")
+
+
+def test_reading_an_experiments_properties_never_trains(tmp_path, monkeypatch):
+    """`exp.sae` and `exp.lens` read what exists and name the call that makes it; training is `exp.train()`."""
+    monkeypatch.setenv("MLSAE_HOME", str(tmp_path / "home"))
+    exp = Experiment(preset="tiny", model="micro-s", tuned_lens=True)
+    with pytest.raises(RuntimeError, match=r"not trained yet.*exp\.train\(\)"):
+        _ = exp.sae
+    with pytest.raises(RuntimeError, match=r"no lens prepared yet.*exp\.prepare_lens\(\)"):
+        _ = exp.lens
+    assert exp.training_log() == [] and exp.train_summary() == {}
+    assert not (tmp_path / "home").exists()  # nothing trained, nothing built, not even a folder

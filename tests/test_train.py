@@ -446,7 +446,7 @@ def test_training_and_evaluation_ask_for_the_same_lens(monkeypatch, tmp_path):
     for seed in (42, 7):
         exp = Experiment(preset="tiny", model="micro-s", tuned_lens=True, seed=seed)
         with pytest.raises(_LensAsked):
-            exp.lens  # noqa: B018 - what evaluation, distributions and examples use
+            exp.prepare_lens()  # what evaluation, distributions and examples use
         with pytest.raises(_LensAsked):
             train_many([exp.train_config()], [tmp_path / f"run-{seed}"])
         assert asked[-2] == asked[-1], asked[-2:]

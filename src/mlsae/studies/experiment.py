@@ -1,10 +1,12 @@
 """One experiment = one (model, R, k, lens) setting; what every notebook starts from.
 
 An :class:`Experiment` validates its parameters before doing any work (so a bad papermill
-``-p`` fails in the first cell), then lazily provides the language model, the lens, the trained
-SAE and the statistics. Everything expensive is cached under ``$MLSAE_HOME`` keyed by the
-configuration, so notebooks run in order train each SAE once, and a notebook run alone trains
-what it needs.
+``-p`` fails in the first cell). Work is called by name: :meth:`Experiment.train` trains (or loads) the SAE
+and prepares its lens, and each statistic (:meth:`~Experiment.evaluate`, :meth:`~Experiment.distributions`,
+...) calls it first; the properties ``sae`` and ``lens`` only read what exists. Everything expensive is
+cached under ``$MLSAE_HOME`` keyed by the configuration, so notebooks run in order train each SAE once, and
+a notebook run alone trains what it needs. (``lm`` still builds a zoo model the cache lacks, as
+:func:`mlsae.models.registry.load_model` does.)
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from mlsae.analysis.metrics import EvalResult, evaluate
 from mlsae.core.cache import cached
 from mlsae.core.presets import NOTEBOOK_PRESETS, TRAIN_PRESETS, default_data
 from mlsae.data.sources import data_identity, load_text, token_batches
-from mlsae.models.lens import IDENTITY
+from mlsae.models.lens import IDENTITY, IdentityLens, ResidualLens
 from mlsae.models.lens_training import lens_fields, residual_lens_for
 from mlsae.models.registry import (
     REGISTRY,
@@ -128,6 +130,8 @@ class Experiment:
         self.layers, self.train_tokens, self.batch_size, self.progress = layers, train_tokens, batch_size, progress
         self.pretrained_sae = pretrained_sae
         self._sae_folder: Path | None = None
+        self._sae: MLSAE | None = None
+        self._lens: ResidualLens | IdentityLens | None = None
         sae_d_model = None
         if pretrained_sae is not None:  # its shape, and its model when not given, before any work
             from mlsae.sae.io import sae_folder, sae_shape
@@ -241,14 +245,25 @@ class Experiment:
         """(model, tokenizer), loaded through the registry."""
         return load_model(self.model, device=self.device)
 
-    @cached_property
-    def lens(self):
-        """The tuned lens the SAE works behind, or the identity lens (no lens)."""
-        if not self.tuned_lens:
-            return IDENTITY
+    def prepare_lens(self):
+        """The tuned lens the SAE works behind (loaded, or trained once and cached when this machine has none),
+        or the identity lens (no lens). Called by :meth:`train` and the statistics; then :attr:`lens` has it."""
+        if self._lens is None:
+            if not self.tuned_lens:
+                self._lens = IDENTITY
+            else:
+                model, tokenizer = self.lm  # the lens the SAE was trained in: the same TrainConfig chooses it
+                self._lens = residual_lens_for(self.model, model, tokenizer, **self.train_config().lens_kwargs(),
+                                               progress=self.progress)
+        return self._lens
 
-        model, tokenizer = self.lm  # the lens the SAE was trained in: the same TrainConfig chooses it
-        return residual_lens_for(self.model, model, tokenizer, **self.train_config().lens_kwargs(), progress=self.progress)
+    @property
+    def lens(self):
+        """The lens :meth:`prepare_lens` made; reading it never trains one."""
+        if self._lens is None:
+            raise RuntimeError("Experiment.lens: no lens prepared yet; call exp.prepare_lens() (exp.train() and every "
+                               "statistic do)")
+        return self._lens
 
     def train_config(self):
         overrides = dict(
@@ -263,13 +278,27 @@ class Experiment:
             overrides["batch_size"] = self.batch_size
         return config_from_preset(self.settings["train"], **overrides)
 
-    @cached_property
-    def sae(self):
-        """The SAE: ``pretrained_sae`` loaded, or trained (once, cached) from :meth:`train_config`."""
-        if self._sae_folder is not None:  # pretrained_sae was given
-            return MLSAE.from_pretrained(self._sae_folder).eval()
-        sae, _ = train_or_load(self.train_config(), progress=self.progress)
-        return sae.eval()
+    def train(self) -> MLSAE:
+        """The SAE, in eval mode: ``pretrained_sae`` loaded, or trained from :meth:`train_config` unless the shared
+        store has it (once, cached: a second call, or another notebook, loads it), with its lens prepared."""
+        if self._sae is None:
+            if self._sae_folder is not None:  # pretrained_sae was given
+                self._sae = MLSAE.from_pretrained(self._sae_folder).eval()
+            else:
+                self._sae = train_or_load(self.train_config(), progress=self.progress)[0].eval()
+        self.prepare_lens()
+        return self._sae
+
+    @property
+    def sae(self) -> MLSAE:
+        """The SAE :meth:`train` gave, or the one the store already holds; reading it never trains."""
+        if self._sae is None:
+            folder = self._sae_folder or self.out_dir / "sae"
+            if not (folder / "config.json").is_file():
+                raise RuntimeError(f"Experiment.sae: {self.model}'s SAE is not trained yet ({folder} is missing); call "
+                                   "exp.train() first (every statistic does)")
+            self._sae = MLSAE.from_pretrained(folder).to(self.device).eval()
+        return self._sae
 
     @property
     def out_dir(self) -> Path:
@@ -283,17 +312,17 @@ class Experiment:
         return mlsae_home() / "saes" / sae_key(self.train_config())
 
     def train_summary(self) -> dict:
-        """Steps, tokens and wall-clock seconds of the training run that produced the cached SAE."""
+        """Steps, tokens and wall-clock seconds of the training run that produced the cached SAE ({} when it was
+        not trained here, or not yet: this reads, never trains)."""
         if self.pretrained_sae is not None:
             return {}
-        self.sae  # noqa: B018 - make sure it exists
         path = self.out_dir / "train_summary.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
     def training_log(self) -> list[dict]:
+        """The training run's metrics, a row per logged step ([] when it was not trained here, or not yet)."""
         if self.pretrained_sae is not None:
             return []
-        self.sae  # noqa: B018 - make sure it exists
         path = self.out_dir / "metrics.jsonl"
         return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
@@ -319,7 +348,7 @@ class Experiment:
         """Metrics on held-out text; ``layers`` applies the SAE elsewhere than where it was trained."""
         fields = dict(self._stream_fields(self.eval_tokens), downstream=downstream, layers=layers)
         return cached(self.out_dir, "eval", fields, EvalResult.load, lambda: evaluate(
-            *self.lm, self.sae, self.batches(self.eval_tokens), lens=self.lens, downstream=downstream, layers=layers,
+            *self.lm, self.train(), self.batches(self.eval_tokens), lens=self.prepare_lens(), downstream=downstream, layers=layers,
             progress=self.progress))
 
     def distributions(self, layers: list[int] | None = None, window: int | None = None):
@@ -328,20 +357,20 @@ class Experiment:
         window = window or PAPER_WINDOW
         fields = dict(self._stream_fields(self.analysis_tokens), layers=layers, window=window)
         return cached(self.out_dir, "distributions", fields, LayerDistributions.load, lambda: layer_distributions(
-            *self.lm, self.sae, self.batches(self.analysis_tokens), lens=self.lens, layers=layers,
+            *self.lm, self.train(), self.batches(self.analysis_tokens), lens=self.prepare_lens(), layers=layers,
             progress=self.progress, window=window))
 
     def prompt_distribution(self, prompt: str = IOI_PROMPT):
         """One prompt's distributions over layers (computed each time: one forward pass)."""
         model, tokenizer = self.lm
-        return prompt_distribution(model, tokenizer, self.sae, prompt, lens=self.lens)
+        return prompt_distribution(model, tokenizer, self.train(), prompt, lens=self.prepare_lens())
 
     def max_examples(self, n_examples: int = 8):
         """PAPER.md §4 item 14: the top ``n_examples`` activations of every (layer, latent) and the
         analysed token ids (:class:`mlsae.analysis.examples.MaxExamples`), cached next to the SAE."""
         fields = dict(self._stream_fields(self.analysis_tokens), n_examples=n_examples)
         return cached(self.out_dir, "examples", fields, MaxExamples.load, lambda: max_examples(
-            *self.lm, self.sae, self.batches(self.analysis_tokens), lens=self.lens, n_examples=n_examples,
+            *self.lm, self.train(), self.batches(self.analysis_tokens), lens=self.prepare_lens(), n_examples=n_examples,
             progress=self.progress))
 
     def geometry_fields(self) -> dict:
@@ -352,7 +381,7 @@ class Experiment:
     def geometry(self):
         """Adjacent-layer cosine similarity and norms of the residual stream (no SAE involved)."""
         return cached(mlsae_home() / "geometry" / safe_name(self.model), "geometry", self.geometry_fields(), ResidualGeometry.load,
-                      lambda: residual_geometry(*self.lm, lambda: self.batches(self.eval_tokens), lens=self.lens,
+                      lambda: residual_geometry(*self.lm, lambda: self.batches(self.eval_tokens), lens=self.prepare_lens(),
                                                 progress=self.progress))
 
 

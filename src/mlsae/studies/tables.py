@@ -59,11 +59,11 @@ def sweep(exp: Experiment, expansion_factors: list[int], ks: list[int], k_expans
         r, k = e.expansion_factor, e.k
         result, summary = e.evaluate(), e.distributions().summary()
         rows.append({
-            "sweep": which, "R": r, "k": k, "n_latents": e.sae.cfg.n_latents,
+            "sweep": which, "R": r, "k": k, "n_latents": e.train().cfg.n_latents,
             "FVU": result.mean("fvu"), "delta CE": result.mean("delta_ce"), "L0": result.mean("l0"),
             "dead fraction": result.dead_fraction, "mean std of p(l|j)": summary["mean_std_layer"],
             "variance ratio": summary["variance_ratio"], **_paper_columns(summary),
-            "MMCS": mmcs(decoder_vectors(e.sae), device=e.device),
+            "MMCS": mmcs(decoder_vectors(e.train()), device=e.device),
             "train seconds": e.train_summary().get("seconds", float("nan")),
         })
     return rows
@@ -104,7 +104,7 @@ def single_layer_baselines(exp: Experiment) -> dict:
         "seconds": {"MLSAE": exp.train_summary().get("seconds", float("nan")),
                     **{f"layer {l}": singles[l].train_summary().get("seconds", float("nan")) for l in every}},
         # weights, gradients and two Adam moments: what training holds per SAE, in MiB
-        "train_state_mib": {"MLSAE": _train_state_mib(exp.sae), **{f"layer {l}": _train_state_mib(singles[l].sae) for l in every}},
+        "train_state_mib": {"MLSAE": _train_state_mib(exp.train()), **{f"layer {l}": _train_state_mib(singles[l].train()) for l in every}},
     }
 
 
@@ -143,7 +143,7 @@ def _paper_columns(summary: dict) -> dict:
 def decoder_mmcs(exp: Experiment, models: list[str]) -> dict[str, float]:
     """Notebook 08: MMCS of each model's MLSAE decoder (mean over latents of the largest cosine
     similarity with another latent's decoder vector)."""
-    return {m: float(max_cosine(decoder_vectors(exp.with_model(m).sae), device=exp.device)[0].mean()) for m in models}
+    return {m: float(max_cosine(decoder_vectors(exp.with_model(m).train()), device=exp.device)[0].mean()) for m in models}
 
 
 def nearest_token_table(stats, near: dict, tokenizer, latents_shown: int) -> list[dict]:
