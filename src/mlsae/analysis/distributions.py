@@ -299,6 +299,7 @@ _TENSORS = ("counts", "totals", "p_sum", "fire_tokens", "latent_token_var_sum", 
 
 
 # The headline under each estimator, for tables (notebooks 03, 06, 07, 12 and the README): summary key -> column.
+# One label per quantity: every table takes its headline columns from here, never spells them itself.
 HEADLINE_COLUMNS = {
     "variance_ratio": "honest ratio",  # E_j[Var(L|j)] (activation-weighted p(l|j)) / E_tj[Var(L|t,j)] over firing pairs
     "q_weighted_ratio": "q-weighted ratio",  # E_j[q sigma^2] / E_j[q vbar]: the honest part of the paper's number

@@ -256,7 +256,7 @@ def lm_losses(reports: dict[str, dict]) -> Figure:
 
 # (row key, y-axis label, log scale) of the panels of family_trend
 FAMILY_METRICS = (
-    ("variance_ratio", "ratio E_j[Var(L | j)]\n/ E_t,j[Var(L | t, j)]", True),
+    ("honest ratio", "ratio E_j[Var(L | j)]\n/ E_t,j[Var(L | t, j)]", True),
     ("mean_std_layer_over_n_layers", "mean std of p(l | j)\n/ number of layers", False),
     ("adjacent_cos", "mean adjacent-layer cosine\n(centred residual vectors)", False),
     ("fvu", "FVU (mean over layers)", False),

@@ -62,7 +62,7 @@ def sweep(exp: Experiment, expansion_factors: list[int], ks: list[int], k_expans
             "sweep": which, "R": r, "k": k, "n_latents": e.train().cfg.n_latents,
             "FVU": result.mean("fvu"), "delta CE": result.mean("delta_ce"), "L0": result.mean("l0"),
             "dead fraction": result.dead_fraction, "mean std of p(l|j)": summary["mean_std_layer"],
-            "variance ratio": summary["variance_ratio"], **_paper_columns(summary),
+            **headline_row(summary),
             "MMCS": mmcs(decoder_vectors(e.train()), device=e.device),
             "train seconds": e.train_summary().get("seconds", float("nan")),
         })
@@ -79,7 +79,7 @@ def lens_comparison(exp: Experiment, models: list[str]) -> list[dict]:
         rows.append({
             "model": e.model, "tuned lens": e.tuned_lens, "layers": s["n_layers"], "FVU": r.mean("fvu"),
             "delta CE": r.mean("delta_ce"), "E_j Var(L|j)": s["aggregate_var"], "E_tj Var(L|t,j)": s["token_var"],
-            "variance ratio": s["variance_ratio"], **_paper_columns(s), "mean std of p(l|j)": s["mean_std_layer"],
+            **headline_row(s), "mean std of p(l|j)": s["mean_std_layer"],
             "mean adjacent cosine": float(g.cos_mean.mean()),
         })
     return rows
@@ -133,13 +133,6 @@ def language_model_report(name: str, device: str = "cpu") -> dict:
             "ioi_template_accuracy": ioi["ioi_template_accuracy"]}
 
 
-def _paper_columns(summary: dict) -> dict:
-    """The paper's estimator and its decomposition next to the honest ratio (PAPER.md §3b)."""
-    row = headline_row(summary)
-    row.pop("honest ratio")  # the tables already carry it as "variance ratio"
-    return row
-
-
 def decoder_mmcs(exp: Experiment, models: list[str]) -> dict[str, float]:
     """Notebook 08: MMCS of each model's MLSAE decoder (mean over latents of the largest cosine
     similarity with another latent's decoder vector)."""
@@ -186,7 +179,7 @@ def family_table(exp: Experiment, families: dict[str, list[str]]) -> tuple[list[
             rows.append({"family": family, "model": m, "n_layers": s["n_layers"], "d_model": int(e.lm[0].config.hidden_size),
                          "params": sum(p.numel() for p in e.lm[0].parameters()),
                          "aggregate_var": s["aggregate_var"], "token_var": s["token_var"],
-                         "variance_ratio": s["variance_ratio"], **headline_row(s),
+                         **headline_row(s),
                          "mean_std_layer_over_n_layers": s["mean_std_layer_over_n_layers"],
                          "adjacent_cos": float(g.cos_mean.mean()), "fvu": r.mean("fvu"),
                          "delta_ce": r.mean("delta_ce"), "clean_ce": r.clean_ce, "dead_fraction": r.dead_fraction})
