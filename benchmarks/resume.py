@@ -24,7 +24,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from mlsae.core.presets import TRAIN_PRESETS
-    from mlsae.data.sources import load_text, token_batches
+    from mlsae.data.sources import load_text
+    from mlsae.data.tokens import token_batches
     from mlsae.models.registry import load_model
 
     p = TRAIN_PRESETS[args.preset]

@@ -32,7 +32,8 @@ def child(spec: dict) -> dict:
                              k=spec["k"], layers=spec["layers"], max_tokens=spec["tokens"], checkpoint_every=10**9)
     start = time.perf_counter()
     if spec["baseline"]:
-        from mlsae.data.sources import load_text, token_batches
+        from mlsae.data.sources import load_text
+        from mlsae.data.tokens import token_batches
         from mlsae.models.registry import load_model
         from mlsae.models.residuals import residual_batches
 

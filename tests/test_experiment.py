@@ -74,7 +74,7 @@ def test_with_model_revalidates_and_resets_data():
 
 
 def test_list_parameters_take_json_text_and_check_every_element():
-    from mlsae.studies.experiment import list_parameter
+    from mlsae.studies.parameters import list_parameter
 
     assert list_parameter("ks", "[16, 32]", int, positive=True) == [16, 32]  # papermill -p ks "[16, 32]"
     assert list_parameter("ks", [16, 32], int) == [16, 32]  # papermill -y, or Python

@@ -21,7 +21,8 @@ from mlsae.data.corpus import (
     offline_corpus,
     write_corpus,
 )
-from mlsae.data.sources import DataUnavailableError, load_text, token_batches
+from mlsae.data.sources import DataUnavailableError, load_text
+from mlsae.data.tokens import token_batches
 
 IOI_RE = re.compile(r"When (\w+) and (\w+) went to the (\w+), (\w+) (\w+) an? (\w+) to (\w+)\.")
 
@@ -307,7 +308,7 @@ def test_token_batches_errors(micro_tokenizer, local_text):
 
 def test_long_documents_are_tokenised_in_slices_with_the_same_tokens(micro_tokenizer, tmp_path, monkeypatch):
     """One huge line is cut before spaces into slices: same ids as one call, one EOS at its end."""
-    import mlsae.data.sources as data
+    import mlsae.data.tokens as data
 
     words = ("Mary and John went to the store . " * 400).strip()
     (tmp_path / "train.txt").write_text(words + "\n" + "a short one\n")
@@ -351,7 +352,7 @@ class _Counting:
 def test_a_stream_resumes_from_its_position_without_re_tokenising_what_came_before(micro_tokenizer, micro_text,
                                                                                  monkeypatch, streaming):
     """Item 4 of the reproducibility contract: resuming at batch n costs the same whatever n is."""
-    import mlsae.data.sources as data
+    import mlsae.data.tokens as data
 
     monkeypatch.setattr(data, "ROWS_PER_CALL", 4)  # many refills, so positions fall inside and between them
 

@@ -188,7 +188,8 @@ def test_empty_data_set_is_a_clear_error(tiny_model_dir, tmp_path):
 
 
 def test_evaluation_per_layer_and_splicing(tiny_model_dir, text_dir, tmp_path):
-    from mlsae.data.sources import load_text, token_batches
+    from mlsae.data.sources import load_text
+    from mlsae.data.tokens import token_batches
 
     sae = train(_cfg(tiny_model_dir, text_dir), tmp_path / "run", progress=False).sae
     model, tok = load_model(str(tiny_model_dir))

@@ -101,7 +101,8 @@ def test_tokenizer_is_pythia_like_and_deterministic(micro_text):
 def test_micro_zoo_trains_reloads_and_beats_unigram(micro_home):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXForCausalLM
 
-    from mlsae.data.sources import load_text, token_batches
+    from mlsae.data.sources import load_text
+    from mlsae.data.tokens import token_batches
 
     reports = build_zoo(list(MICRO), progress=False)  # built by the fixture: must be reused
     for name in MICRO:

@@ -21,7 +21,7 @@ _PUBLIC = {
     "load_model": "mlsae.models.registry",
     "resolve_model": "mlsae.models.registry",
     "load_text": "mlsae.data.sources",
-    "token_batches": "mlsae.data.sources",
+    "token_batches": "mlsae.data.tokens",
     "TrainConfig": "mlsae.training.config",
     "config_from_preset": "mlsae.training.config",
     "train": "mlsae.training.train",

@@ -119,7 +119,8 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     from mlsae.analysis.metrics import evaluate
-    from mlsae.data.sources import load_text, token_batches
+    from mlsae.data.sources import load_text
+    from mlsae.data.tokens import token_batches
     from mlsae.models.lens import IDENTITY
     from mlsae.models.lens_training import residual_lens_for
     from mlsae.models.registry import load_model

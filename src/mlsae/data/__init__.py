@@ -1,2 +1,2 @@
-"""Text in, tokens out: the generated offline corpus (``corpus``) and every text source read through
-``datasets``, with its token stream (``sources``). Imports only :mod:`mlsae.core`."""
+"""Text in, tokens out: the generated offline corpus (``corpus``), every text source read through ``datasets``
+and its identity (``sources``), documents cut into token blocks (``tokens``). Imports only :mod:`mlsae.core`."""

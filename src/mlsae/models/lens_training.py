@@ -21,7 +21,8 @@ from mlsae.core.cache import cached
 from mlsae.core.paths import atomic_dir, mlsae_home, safe_name
 from mlsae.core.progress import bar
 from mlsae.core.seeding import seed_everything
-from mlsae.data.sources import data_identity, load_text, token_batches
+from mlsae.data.sources import data_identity, load_text
+from mlsae.data.tokens import token_batches
 from mlsae.models.lens import ResidualLens
 from mlsae.models.registry import model_identity, resolve_model
 

@@ -20,7 +20,7 @@ the tokenizer and ``zoo_report.json``, training the model on first use (under
 written for another spec or generator version is rebuilt.
 
 Training is deterministic on CPU: ``torch.manual_seed(spec.seed)``, AdamW, linear warm-up then
-cosine decay, packed ``seq_len`` blocks from :func:`mlsae.data.sources.token_batches` in file order, and
+cosine decay, packed ``seq_len`` blocks from :func:`mlsae.data.tokens.token_batches` in file order, and
 always :data:`ZOO_THREADS` CPU threads.
 """
 
@@ -41,7 +41,8 @@ from mlsae.core.progress import bar as progress_bar
 from mlsae.core.progress import drop_benign_warnings, quiet_transformers
 from mlsae.core.seeding import seed_everything
 from mlsae.data.corpus import TEXT_VERSION, offline_corpus
-from mlsae.data.sources import load_text, token_batches
+from mlsae.data.sources import load_text
+from mlsae.data.tokens import token_batches
 from mlsae.models.lm_eval import evaluate_lm, ioi_report
 
 __all__ = [

@@ -1,2 +1,3 @@
-"""What the notebooks run: one experiment's validated parameters and its cached artefacts (``experiment``) and
-the tables of the studies (``tables``). The top of the library: may import every room but figures."""
+"""What the notebooks run: their parameters as papermill gives them (``parameters``), one experiment and its
+cached artefacts (``experiment``) and the tables of the studies (``tables``). The top of the library: may import
+every room but figures."""

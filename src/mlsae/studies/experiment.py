@@ -37,8 +37,9 @@ from mlsae.analysis.distributions import (
 from mlsae.analysis.examples import MaxExamples, max_examples
 from mlsae.analysis.metrics import EvalResult, evaluate
 from mlsae.core.cache import cached
-from mlsae.core.presets import NOTEBOOK_PRESETS, TRAIN_PRESETS, default_data
-from mlsae.data.sources import data_identity, load_text, token_batches
+from mlsae.core.presets import default_data
+from mlsae.data.sources import data_identity, load_text
+from mlsae.data.tokens import token_batches
 from mlsae.models.lens import IDENTITY, IdentityLens, ResidualLens
 from mlsae.models.lens_training import lens_fields, residual_lens_for
 from mlsae.models.registry import (
@@ -52,7 +53,8 @@ from mlsae.models.registry import (
 )
 from mlsae.sae.io import read_provenance, released_facts
 from mlsae.sae.model import MLSAE
-from mlsae.training.config import TrainConfig, config_from_preset
+from mlsae.studies.parameters import from_json_text, list_parameter, preset_settings, typed_parameter
+from mlsae.training.config import config_from_preset
 from mlsae.training.identity import sae_key
 from mlsae.training.store import ensure_trained, train_or_load
 
@@ -87,15 +89,6 @@ def _named_set(base: str, chosen, preset) -> str:
     if names and len(names) <= 60:
         return f"{base}-{names}"
     return f"{base}-set-{hashlib.sha1(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:10]}"
-
-
-def preset_settings(preset: str) -> dict:
-    """A notebook preset with R and the sequence length of the train preset it names (defined there, once)."""
-    if preset not in NOTEBOOK_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(NOTEBOOK_PRESETS)}")
-    settings = NOTEBOOK_PRESETS[preset]
-    train = TrainConfig(**TRAIN_PRESETS[settings["train"]])
-    return {**settings, "expansion_factor": train.expansion_factor, "seq_len": train.seq_len}
 
 
 class Experiment:
@@ -394,31 +387,6 @@ def train_together(experiments: list[Experiment]) -> None:
         ensure_trained([e.train_config() for e in todo], progress=todo[0].progress)
 
 
-def list_parameter(name: str, value, kind: type = str, *, positive: bool = False) -> list | None:
-    """A notebook's list parameter as papermill hands it over: a list (``-y 'ks: [16, 32]'``, or Python),
-    or its JSON text (``-p ks '[16, 32]'``); every element checked, so a bad one fails in the first cell."""
-    if value is None:
-        return None
-    value = _from_json_text(name, value, "a list", f"-p {name} '[16, 32]', or YAML, -y '{name}: [16, 32]'")
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"parameter {name}={value!r} should be a non-empty list, e.g. -p {name} '[16, 32]'")
-    for v in value:
-        typed_parameter(f"{name} element", v, kind)
-        if positive and v <= 0:
-            raise ValueError(f"parameter {name}={list(value)} holds {v}; every element must be positive")
-    return list(value)
-
-
-def _from_json_text(name: str, value, what: str, example: str):
-    """``value`` itself, or parsed when papermill's ``-p`` handed over its JSON text."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        raise ValueError(f"parameter {name}={value!r} is not {what}; pass JSON text, {example}") from None
-
-
 def series_models(exp: Experiment, models: list[str] | str | None = None) -> list[str]:
     """The model-size series for ``exp``: ``models`` (a list, or its JSON text) or the preset's, those
     loadable here, plus ``exp.model``; ordered by depth then width. An unknown name fails at once; hub
@@ -439,7 +407,7 @@ def series_models(exp: Experiment, models: list[str] | str | None = None) -> lis
 def family_models(exp: Experiment, families: dict[str, list[str]] | str | None = None) -> dict[str, list[str]]:
     """Notebook 12's families: ``families`` (a dict, or its JSON text) or the preset's, every name checked
     at once, those not on this machine left out (and said so), each family ordered by depth then width."""
-    families = _from_json_text("families", families, "a mapping", """-p families '{"GPT-2": ["gpt2"]}'""")
+    families = from_json_text("families", families, "a mapping", """-p families '{"GPT-2": ["gpt2"]}'""")
     wanted = families if families is not None else exp.settings["families"]
     if not isinstance(wanted, dict) or not wanted:
         raise ValueError(f"parameter families={wanted!r} should map a family name to a list of models")
@@ -452,11 +420,3 @@ def family_models(exp: Experiment, families: dict[str, list[str]] | str | None =
     present = {f: sorted((m for m in ms if m not in missing), key=lambda m: model_shape(m) or (0, 0))
                for f, ms in wanted.items()}
     return {f: ms for f, ms in present.items() if ms}
-
-
-def typed_parameter(name: str, value, kind: type):
-    """``value`` as a ``kind``, or a clear error naming the notebook parameter and the value papermill gave."""
-    # papermill passes what the user typed; bool is an int subclass, so check it first
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(f"parameter {name}={value!r} should be of type {kind.__name__}, got {type(value).__name__}")
-    return value

@@ -15,7 +15,8 @@ from mlsae.analysis.distributions import headline_row, latent_order
 from mlsae.models.lm_eval import ioi_report
 from mlsae.models.registry import load_model, resolve_model
 from mlsae.models.zoo import zoo_report
-from mlsae.studies.experiment import Experiment, list_parameter, train_together, typed_parameter
+from mlsae.studies.experiment import Experiment, train_together
+from mlsae.studies.parameters import list_parameter, typed_parameter
 
 
 def reconstruction_table(exp: Experiment, models: list[str], lens_options: tuple[bool, ...] = (False, True)) -> list[dict]:

@@ -7,7 +7,7 @@ on disk but checkpoints and a metrics log.
 
 Resuming is exact and costs no re-reading: a checkpoint holds the SAE, the optimiser, the loss
 scaler, the dead-latent counters and the position of the token stream
-(:meth:`mlsae.data.sources.TokenStream.state_dict`), so a resumed run continues where the last one stopped and
+(:meth:`mlsae.data.tokens.TokenStream.state_dict`), so a resumed run continues where the last one stopped and
 ends with the same weights as an uninterrupted run (on CPU, bit for bit; see README *Determinism*).
 
 Under ``torchrun`` (or :func:`train_parallel`) the same code trains data-parallel; how the
@@ -30,7 +30,8 @@ from torch import Tensor
 from mlsae.core.paths import atomic_write_text, mlsae_home, run_lock
 from mlsae.core.progress import bar as progress_bar
 from mlsae.core.seeding import seed_everything
-from mlsae.data.sources import load_text, token_batches
+from mlsae.data.sources import load_text
+from mlsae.data.tokens import token_batches
 from mlsae.models.lens import IDENTITY
 from mlsae.models.lens_training import residual_lens_for
 from mlsae.models.registry import load_model
