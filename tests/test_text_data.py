@@ -1,4 +1,4 @@
-"""mlsae.data.corpus (generated corpus) and mlsae.data.sources (load_text, token_batches)."""
+"""mlsae.data.corpus (generated corpus), mlsae.data.sources (load_text) and mlsae.data.tokens (token_batches)."""
 
 from __future__ import annotations
 
@@ -327,7 +327,7 @@ def test_long_documents_are_tokenised_in_slices_with_the_same_tokens(micro_token
 
 
 def test_slices_cut_before_spaces_and_cover_the_text():
-    from mlsae.data.sources import _slices
+    from mlsae.data.tokens import _slices
 
     text = "ab cd ef gh " * 10
     pieces = list(_slices(text, 7))

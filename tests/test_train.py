@@ -516,7 +516,7 @@ def test_wandb_tracker_without_wandb_is_a_clear_error(tiny_model_dir, text_dir, 
 
 def test_a_resume_starts_from_the_stored_stream_position_with_the_same_final_weights(tiny_model_dir, text_dir,
                                                                                       tmp_path, monkeypatch):
-    import mlsae.data.sources as data
+    import mlsae.data.tokens as data
 
     monkeypatch.setattr(data, "ROWS_PER_CALL", 1)  # count rows one at a time
     rows = []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
+from typing import Any
 
 WEIGHTS_FILE, CONFIG_FILE, PROVENANCE_FILE = "model.safetensors", "config.json", "provenance.json"
 FORMAT = "mlsae"
@@ -32,14 +34,9 @@ class SAEConfig:
             raise ValueError(
                 f"n_latents={self.n_latents} must be positive: use expansion_factor * d_model, e.g. 64 * 512"
             )
-        if not 0 < self.k <= self.n_latents:
+        check_sparsity(self.k, self.k_aux, self.auxk_coef, self.dead_tokens)
+        if self.k > self.n_latents:
             raise ValueError(f"k={self.k} must be in 1..n_latents={self.n_latents}: pick e.g. k=32")
-        if self.k_aux < 0:
-            raise ValueError(f"k_aux={self.k_aux} must be >= 0 (0 disables AuxK; the paper uses 256)")
-        if self.auxk_coef < 0:
-            raise ValueError(f"auxk_coef={self.auxk_coef} must be >= 0 (the paper uses 1/32)")
-        if self.dead_tokens <= 0:
-            raise ValueError(f"dead_tokens={self.dead_tokens} must be positive (the paper uses 10_000_000)")
         if self.layers is not None:
             self.layers = [int(layer) for layer in self.layers]
 
@@ -54,3 +51,21 @@ class SAEConfig:
     @property
     def expansion_factor(self) -> float:
         return self.n_latents / self.d_model
+
+
+def check_sparsity(k: int, k_aux: int, auxk_coef: float, dead_tokens: int) -> None:
+    """The rules for the sparsity fields, defined once: SAEConfig and TrainConfig (which carries them into it)
+    both check with this."""
+    if k <= 0:
+        raise ValueError(f"k={k} must be positive: pick e.g. k=32")
+    if k_aux < 0:
+        raise ValueError(f"k_aux={k_aux} must be >= 0 (0 disables AuxK; the paper uses 256)")
+    if not math.isfinite(auxk_coef) or auxk_coef < 0:
+        raise ValueError(f"auxk_coef={auxk_coef} must be a finite number >= 0 (the paper uses 1/32)")
+    if dead_tokens <= 0:
+        raise ValueError(f"dead_tokens={dead_tokens} must be positive (the paper uses 10_000_000)")
+
+
+# The sparsity fields' defaults (the paper's), for configurations that carry them into an SAEConfig.
+SPARSITY_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(SAEConfig)
+                                     if f.name in ("k_aux", "auxk_coef", "dead_tokens")}

@@ -16,7 +16,7 @@ from mlsae.core.cache import key
 from mlsae.core.paths import safe_name
 from mlsae.core.presets import TRAIN_PRESETS, default_data
 from mlsae.models.residuals import check_unique_layers
-from mlsae.sae.model import SAEConfig
+from mlsae.sae.config import SPARSITY_DEFAULTS, SAEConfig, check_sparsity
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -34,9 +34,10 @@ class TrainConfig:
     model: str = "pythia-70m"  # registry name (pythia-70m, zoo-m, ...), Hugging Face id or local folder
     expansion_factor: int = 64  # R: the SAE has R x d_model latents
     k: int = 32  # active latents per (token, layer) example (top-k)
-    k_aux: int = 256  # latents in the auxiliary loss that revives dead latents
-    auxk_coef: float = 1 / 32  # weight of that auxiliary loss
-    dead_tokens: int = 10_000_000  # a latent silent for this many tokens counts as dead
+    # The sparsity fields are carried into SAEConfig (sae_config); their defaults and rules are defined there.
+    k_aux: int = SPARSITY_DEFAULTS["k_aux"]  # latents in the auxiliary loss that revives dead latents
+    auxk_coef: float = SPARSITY_DEFAULTS["auxk_coef"]  # weight of that auxiliary loss
+    dead_tokens: int = SPARSITY_DEFAULTS["dead_tokens"]  # a latent silent for this many tokens counts as dead
     tuned_lens: bool = False  # train behind the tuned lens (and map reconstructions back)
     lens_tokens: int = 400_000  # tokens a lens is trained on here, for a model without a pretrained lens
     layers: list[int] | None = None  # comma-separated, e.g. 3: a single-layer SAE; default every layer (the MLSAE)
@@ -63,8 +64,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.expansion_factor <= 0:
             raise ValueError(f"expansion_factor must be positive, got {self.expansion_factor}")
-        if self.k <= 0:
-            raise ValueError(f"k must be positive, got {self.k}")
+        check_sparsity(self.k, self.k_aux, self.auxk_coef, self.dead_tokens)
         for name in ("seq_len", "batch_size", "grad_accum", "max_tokens", "checkpoint_every", "log_every", "lens_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -82,8 +82,6 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if not math.isfinite(self.auxk_coef) or self.auxk_coef < 0:
-            raise ValueError(f"auxk_coef must be a finite number >= 0, got {self.auxk_coef!r}")
         if self.tracker == "wandb":
             import importlib.util
 
