@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
 
 from mlsae.training.config import TrainConfig
@@ -31,8 +32,6 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...
     """One flag per dataclass field (``--expansion-factor``, ``-k`` too for one-letter names), typed from the
     annotation, its help from the field's comment; every default is None, so only what is given
     overrides the preset."""
-    import typing
-
     hints, helps, choices = typing.get_type_hints(cls), cls.field_help(), cls.choices()
     for f in dataclasses.fields(cls):
         if f.name in skip:

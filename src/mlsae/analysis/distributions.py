@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -492,8 +493,6 @@ def residual_geometry(
 
 def latent_order(stats: LayerDistributions):
     """Alive latents sorted by mean layer (ties by index): the paper's column order (a numpy array)."""
-    import numpy as np
-
     mean = stats.mean_layer.numpy()
     alive = np.flatnonzero(~np.isnan(mean))
     return alive[np.argsort(mean[alive], kind="stable")]

@@ -28,7 +28,7 @@ def offline_requested() -> bool:
 
 def cache_dir() -> str:
     """The hub cache folder ``transformers`` actually uses in this process."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # heavy: loaded where used
 
     return str(constants.HF_HUB_CACHE)
 
@@ -61,7 +61,7 @@ def probe(api_path: str, timeout: float | None = None) -> tuple[str, str]:
     Returns ("ok" | "missing" | "unreachable", detail). The request runs in a daemon thread so that
     a hanging DNS lookup or proxy cannot block the caller beyond the timeout.
     """
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # heavy: loaded where used
 
     timeout = PROBE_TIMEOUT_S if timeout is None else timeout
     endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT

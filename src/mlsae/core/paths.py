@@ -6,11 +6,18 @@ Everything lives under one root so that a user can relocate or wipe it in one pl
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock
+from safetensors import safe_open
+from safetensors.torch import save
 
 
 def repository_root() -> Path | None:
@@ -21,8 +28,6 @@ def repository_root() -> Path | None:
 
 def git_output(folder: Path, *args: str) -> str | None:
     """``git -C folder <args>``'s output, or None when git, the checkout or the object is missing."""
-    import subprocess
-
     try:
         out = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -92,20 +97,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 def save_result(path: Path, tensors: dict, meta: dict) -> None:
     """The one on-disk format of every cached result: tensors in a safetensors file, everything else as
     JSON in its metadata (one entry per field), written atomically. No pickle."""
-    import json
-
-    from safetensors.torch import save
-
     tensors = {k: t.detach().cpu().contiguous() for k, t in tensors.items() if t is not None}
     atomic_write_bytes(Path(path), save(tensors, metadata={k: json.dumps(v) for k, v in meta.items()}))
 
 
 def load_result(path: Path) -> tuple[dict, dict]:
     """``(tensors, meta)`` as :func:`save_result` wrote them; a torn or foreign file is a ValueError naming it."""
-    import json
-
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
@@ -144,8 +141,6 @@ def build_once(final: Path, ready: Callable[[], bool], build: Callable[[Path], o
 
 
 def _rmtree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -164,8 +159,6 @@ def run_lock(path: Path):
     another process waits (``with lock:``) or gives up (``lock.acquire(timeout=0)`` raises
     ``filelock.Timeout``).
     """
-    from filelock import FileLock
-
     file = lock_file(path)
     file.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(file), is_singleton=True, thread_local=False)

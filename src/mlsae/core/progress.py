@@ -33,7 +33,7 @@ def bar(iterable: Iterable | None = None, *, desc: str, progress: bool = True, *
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' per-load and per-save progress bars for the duration, then restore the user's setting."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # heavy: loaded where used
 
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -73,7 +73,7 @@ class _DropBenign(logging.Filter):
 
 def drop_benign_warnings() -> None:
     """Filter :data:`BENIGN_WARNINGS` out of transformers' log handler (idempotent); nothing else."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # heavy: loaded where used
 
     for handler in hf_logging.get_logger().handlers:
         if not any(isinstance(f, _DropBenign) for f in handler.filters):

@@ -18,6 +18,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     setting it needs). The switch is process-wide and stays on."""
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    from transformers import set_seed
+    from transformers import set_seed  # heavy: loaded where used
 
     set_seed(seed, deterministic=deterministic)

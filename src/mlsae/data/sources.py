@@ -23,6 +23,7 @@ Tokens are cut from the text by :mod:`mlsae.data.tokens`.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from contextlib import contextmanager
@@ -78,8 +79,6 @@ def load_text(source: str = "offline", split: str = "train", streaming: bool = F
 
 
 def _is_utf8(path: Path) -> bool:
-    import codecs
-
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
         with open(path, "rb") as f:
@@ -142,7 +141,7 @@ def _has_text(path: Path) -> bool:
 
 
 def _load_local_files(files: list[Path], streaming: bool, label: str, split: str = "train"):
-    import datasets
+    import datasets  # heavy: loaded where used
 
     builders = {_format(p) for p in files}
     if None in builders:
@@ -177,7 +176,7 @@ def _require_decompressors(files: list[Path], label: str) -> None:
 
 
 def _check(ds, source: str, split: str, text_field: str):
-    import datasets
+    import datasets  # heavy: loaded where used
 
     columns = ds.column_names
     if columns is not None and text_field not in columns:
@@ -205,8 +204,8 @@ def _check(ds, source: str, split: str, text_field: str):
 @contextmanager
 def _offline_mode():
     """Make ``datasets``/``huggingface_hub`` behave as with ``HF_HUB_OFFLINE=1`` (cache only)."""
-    import datasets.config
-    import huggingface_hub.constants as hc
+    import datasets.config  # heavy: loaded where used
+    import huggingface_hub.constants as hc  # heavy: loaded where used
 
     saved = datasets.config.HF_HUB_OFFLINE, hc.HF_HUB_OFFLINE
     datasets.config.HF_HUB_OFFLINE = hc.HF_HUB_OFFLINE = True
@@ -217,7 +216,7 @@ def _offline_mode():
 
 
 def _unavailable(name: str, config: str | None, split: str, why: str) -> DataUnavailableError:
-    import datasets.config
+    import datasets.config  # heavy: loaded where used
 
     hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface (HF_HOME not set)")
     names = _SPLIT_NAMES.get(split, (split,))
@@ -235,7 +234,7 @@ def _unavailable(name: str, config: str | None, split: str, why: str) -> DataUna
 
 
 def _load_hub(source: str, split: str, streaming: bool):
-    import datasets
+    import datasets  # heavy: loaded where used
 
     name, _, config_name = source.partition(":")
     config = config_name or None
@@ -269,7 +268,7 @@ def _load_hub(source: str, split: str, streaming: bool):
 def _quiet_datasets():
     """``datasets`` logs "Using the latest cached version of the dataset..." as a warning when it reads a
     prepared cache offline (pink boxes in a notebook): expected here, so only errors pass for the call."""
-    from datasets.utils import logging as ds_logging
+    from datasets.utils import logging as ds_logging  # heavy: loaded where used
 
     was = ds_logging.get_verbosity()
     ds_logging.set_verbosity_error()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import tempfile
 import time
 import traceback
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ def notebook_paths(notebooks_dir: Path = NOTEBOOKS) -> list[Path]:
 
 def parameter_names(path: Path) -> list[str]:
     """Names assigned in a notebook's ``parameters`` cell (what ``-p`` may set)."""
-    import papermill
+    import papermill  # heavy: loaded where used
 
     return sorted(papermill.inspect_notebook(str(path)).keys())
 
@@ -44,9 +45,7 @@ def changed_parameters(notebook: str, values: Mapping[str, object], notebooks_di
     """The parameters of ``notebook`` whose value in ``values`` (a notebook's ``globals()``) differs from
     the default in its *committed* ``parameters`` cell (git's HEAD, so that editing and saving the cell
     in JupyterLab is still a change; the file itself outside a checkout); every one if neither can be read."""
-    import tempfile
-
-    import papermill
+    import papermill  # heavy: loaded where used
 
     path = notebooks_dir / f"{notebook}.ipynb"
     committed = _committed_text(path)
@@ -104,7 +103,7 @@ class NotebookRun:
 
 def run_notebook(path: Path, output: Path, parameters: dict | None = None, *, cwd: Path | None = None) -> NotebookRun:
     """Execute one notebook with papermill; the executed copy is written to ``output``."""
-    import papermill
+    import papermill  # heavy: loaded where used
 
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

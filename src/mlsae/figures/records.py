@@ -46,7 +46,7 @@ def to_json_value(value: Any, name: str = "value") -> JSONValue:
 
 def record(name: str, value: Any) -> None:
     """Record ``value`` as the key number ``name`` of this notebook run (shown to nobody, read by tests)."""
-    from IPython.display import display
+    from IPython.display import display  # heavy: loaded where used
 
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"record name {name!r}: use a Python identifier such as 'honest_ratio'")

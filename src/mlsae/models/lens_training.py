@@ -36,7 +36,7 @@ def load_pretrained_lens(model: nn.Module, resource_id: str | None = None) -> Tu
     A lens that is neither local nor cached fails at once (no hanging download) with a
     message saying what to fetch.
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # heavy: loaded where used
 
     config: Any = model.config  # a transformers PretrainedConfig
     resource_id = resource_id or str(config.name_or_path)
@@ -63,7 +63,7 @@ def load_pretrained_lens(model: nn.Module, resource_id: str | None = None) -> Tu
 class LensNotAvailableError(RuntimeError):
     """A pretrained tuned lens was asked for and is not on this machine (the message says how to fetch it)."""
     def __init__(self, resource_id: str):
-        import huggingface_hub.constants as c
+        import huggingface_hub.constants as c  # heavy: loaded where used
 
         super().__init__(
             f"No pretrained tuned lens for {resource_id!r} is on this machine (looked in a local "

@@ -6,6 +6,8 @@ any model (:func:`mlsae.studies.experiment.language_model_report`).
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from mlsae.data.corpus import IOI_PROMPT, NAMES, OBJECTS, PLACES
@@ -31,8 +33,6 @@ def evaluate_lm(model, tokenizer, batches, unigram_counts: torch.Tensor) -> dict
 def ioi_prompts(n: int = 200, seed: int = 12345) -> list[tuple[str, str, str]]:
     """``(prompt, indirect object, subject)`` triples in the paper's template, with random
     names (both orders), places and objects."""
-    import random
-
     rng = random.Random(f"ioi-eval:{seed}")
     out = []
     for _ in range(n):

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,7 +213,7 @@ def resolve_model(name: str) -> ModelSource:
 
 def _config_shape(path: Path) -> tuple[int, int] | None:
     try:
-        from transformers import AutoConfig
+        from transformers import AutoConfig  # heavy: loaded where used
 
         cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
         return int(cfg.num_hidden_layers), int(cfg.hidden_size)
@@ -261,7 +262,7 @@ hf_cache_dir = hub.cache_dir
 
 def _cached_snapshot(src: ModelSource) -> Path | None:
     """The snapshot folder of a fully cached hub model (config + weights), trying its aliases."""
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # heavy: loaded where used
 
     for rid in (src.repo_id_or_path, *src.aliases):
         try:
@@ -329,9 +330,7 @@ def _dtype(dtype) -> torch.dtype | str:
 
 def _from_pretrained(path: str, dtype, local_files_only: bool):
     """Local loads draw no "Loading weights" bar (one per cell otherwise); a download keeps its bars."""
-    from contextlib import nullcontext
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: loaded where used
 
     drop_benign_warnings()
     with quiet_transformers() if local_files_only else nullcontext():

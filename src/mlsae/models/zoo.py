@@ -130,20 +130,20 @@ class ZooSpec:
         common = dict(vocab_size=len(tokenizer), tie_word_embeddings=False, initializer_range=0.02,
                       bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
         if self.arch == "gpt2":
-            from transformers import GPT2Config
+            from transformers import GPT2Config  # heavy: loaded where used
 
             return GPT2Config(n_embd=self.d_model, n_layer=self.n_layers, n_head=self.n_heads, n_inner=self.d_mlp,
                               n_positions=1024, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
                               attn_pdrop=0.0, summary_first_dropout=0.0, layer_norm_epsilon=1e-5, **common)
         if self.arch == "llama":
-            from transformers import LlamaConfig
+            from transformers import LlamaConfig  # heavy: loaded where used
 
             return LlamaConfig(hidden_size=self.d_model, num_hidden_layers=self.n_layers,
                                num_attention_heads=self.n_heads, num_key_value_heads=self.n_heads,
                                intermediate_size=self.d_mlp, hidden_act="silu", max_position_embeddings=2048,
                                rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
                                attention_bias=False, mlp_bias=False, attention_dropout=0.0, **common)
-        from transformers import GPTNeoXConfig
+        from transformers import GPTNeoXConfig  # heavy: loaded where used
 
         return GPTNeoXConfig(  # type: ignore[call-arg]  # the keys Pythia's own configs use; transformers maps them
             vocab_size=len(tokenizer),
@@ -233,8 +233,8 @@ def _spec(name: str) -> ZooSpec:
 def train_tokenizer(corpus_dir: Path, vocab_size: int):
     """Byte-level BPE (GPT-2/Pythia style: a leading space belongs to the word, so " Mary" is one
     token) trained on ``train.jsonl``, wrapped as a ``PreTrainedTokenizerFast``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # heavy: loaded where used
+    from transformers import PreTrainedTokenizerFast  # heavy: loaded where used
 
     def texts() -> Iterator[str]:
         with open(Path(corpus_dir) / "train.jsonl", encoding="utf-8") as f:
@@ -312,7 +312,7 @@ def _optimizer(model, spec: ZooSpec) -> torch.optim.Optimizer:
 def train_zoo_model(spec: ZooSpec | str, out_dir: Path, progress: bool = True) -> dict:
     """Train ``spec`` from scratch and ``save_pretrained`` model + tokenizer + ``zoo_report.json``
     into ``out_dir`` (which should be a fresh, temporary folder). Returns the report."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: loaded where used
 
     spec = _spec(spec) if isinstance(spec, str) else spec
     out_dir = Path(out_dir)
@@ -327,7 +327,7 @@ def train_zoo_model(spec: ZooSpec | str, out_dir: Path, progress: bool = True) -
 
 
 def _train(spec: ZooSpec, tokenizer, out_dir: Path, progress: bool) -> dict:
-    import transformers
+    import transformers  # heavy: loaded where used
 
 
     seed_everything(spec.seed)

@@ -182,7 +182,7 @@ def _local_or_hub(path: str | Path) -> Path:
     text = str(path)
     if local.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
         return local
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # heavy: loaded where used
 
     try:
         return Path(snapshot_download(text, local_files_only=True))

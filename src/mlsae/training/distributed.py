@@ -30,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -168,8 +170,6 @@ def local_device(device: str) -> str:
 def stop_on_sigterm(g: Group) -> Iterator[None]:
     """Under torchrun, turn the SIGTERM the launcher sends when another rank fails into an exception, so
     a checkpoint being written is cleaned up (its temporary folder removed) instead of left behind."""
-    import threading
-
     if not g.active or threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -190,8 +190,6 @@ def spawn(entrypoint, nproc_per_node: int, *args) -> dict:
     group: what ``torchrun --standalone`` does, through the same engine
     (``torch.distributed.launcher.elastic_launch``). ``entrypoint`` must be a module-level function.
     Returns each rank's return value; a failed process stops the others and raises ``ChildFailedError``."""
-    import uuid
-
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if nproc_per_node < 1:

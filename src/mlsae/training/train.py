@@ -19,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import Timeout
 from torch import Tensor
 
 from mlsae.core.paths import atomic_write_text, mlsae_home, run_lock
@@ -149,8 +151,6 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, r
 
 
 def _take(lock, out_dir: Path):
-    from filelock import Timeout
-
     try:
         return lock.acquire(timeout=0)
     except Timeout:
@@ -338,8 +338,6 @@ class _Run:
 def _wandb_run(cfg: TrainConfig, out_dir: Path):
     """A Weights & Biases run for one SAE (project ``$WANDB_PROJECT``, default ``mlsae``), named after its
     folder; metrics.jsonl stays the record the notebooks read."""
-    import os
-
     import wandb
 
     return wandb.init(project=os.environ.get("WANDB_PROJECT", "mlsae"), name=out_dir.name, dir=str(out_dir),
