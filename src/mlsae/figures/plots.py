@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 from matplotlib import ticker
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.rcsetup import cycler
 
@@ -374,8 +375,6 @@ def layer_statistics(stats: dict[str, LayerDistributions], min_share: float = 0.
 def pair_histograms(hist, title: str = "") -> Figure:
     """Histogram of pairwise decoder cosine similarity, and its 2-D histogram against the
     difference in mean layer (log colour scale, with the mean absolute cosine per row overlaid)."""
-    from matplotlib.colors import LogNorm
-
     ce, de = hist.cos_edges.numpy(), hist.dlayer_edges.numpy()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
     a.stairs(hist.cos_counts.numpy(), ce, fill=True, alpha=0.7)
@@ -418,8 +417,6 @@ def embedding_alignment(mean_layer: np.ndarray, best: dict[str, np.ndarray], n_l
 @_themed
 def layer_matrix(matrix: np.ndarray, row_labels: Sequence[str], label: str, log: bool = False) -> Figure:
     """A [trained-on, evaluated-on] matrix with values written in the cells and a colour bar."""
-    from matplotlib.colors import LogNorm
-
     fig, ax = plt.subplots(figsize=(1.6 + 0.8 * matrix.shape[1], 0.9 + 0.45 * matrix.shape[0]), constrained_layout=True)
     norm = LogNorm(vmin=max(np.nanmin(matrix[matrix > 0]), 1e-6), vmax=np.nanmax(matrix)) if log and (matrix > 0).any() else None
     im = ax.imshow(np.where(matrix > 0, matrix, np.nan) if log else matrix, cmap="rocket_r", norm=norm, aspect="auto")

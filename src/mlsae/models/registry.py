@@ -131,7 +131,7 @@ def _zoo_names() -> tuple[str, ...]:
 def _zoo_shape(name: str) -> tuple[int, int] | None:
     """(n_layers, d_model) from the zoo's spec, if it exposes them."""
     try:
-        from mlsae.models.zoo import ZOO
+        from mlsae.models.zoo import ZOO  # the zoo pulls in its trainer and datasets: only for zoo names
 
         spec = ZOO[name]
     except Exception:  # noqa: BLE001
@@ -153,7 +153,7 @@ def _zoo_shape(name: str) -> tuple[int, int] | None:
 def _zoo_family(name: str) -> str:
     """Architecture family of a zoo model ("GPT-NeoX", "GPT-2", "Llama"), from its spec or its name."""
     try:
-        from mlsae.models.zoo import FAMILY, ZOO
+        from mlsae.models.zoo import FAMILY, ZOO  # the zoo pulls in its trainer and datasets: only for zoo names
 
         return FAMILY[ZOO[name].arch]
     except Exception:  # noqa: BLE001 - zoo missing, stubbed or without the field: go by the name
@@ -230,7 +230,7 @@ def model_context(name: str) -> int | None:
         return entry.context
     if src.kind == "zoo":
         try:
-            from mlsae.models.zoo import ZOO
+            from mlsae.models.zoo import ZOO  # the zoo pulls in its trainer and datasets: only for zoo names
 
             return 1024 if ZOO[name].arch == "gpt2" else 2048  # as ZooSpec.config sets them
         except Exception:  # noqa: BLE001 - zoo missing or stubbed

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from mlsae.core import hub
 from mlsae.core.paths import atomic_dir
 from mlsae.sae.config import (
     CONFIG_FILE,
@@ -187,8 +188,6 @@ def _local_or_hub(path: str | Path) -> Path:
     try:
         return Path(snapshot_download(text, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached: try the hub unless told not to
-        from mlsae.core import hub
-
         if hub.offline_requested():
             raise FileNotFoundError(f"{text}: no such folder, and the hub repo is not in the local cache "
                                     f"(HF_HUB_OFFLINE is set); fetch it with `hf download {text}`") from None

@@ -51,7 +51,8 @@ from mlsae.models.registry import (
     model_shape,
     resolve_model,
 )
-from mlsae.sae.io import read_provenance, released_facts
+from mlsae.models.residuals import check_unique_layers
+from mlsae.sae.io import read_provenance, released_facts, sae_folder, sae_shape
 from mlsae.sae.model import MLSAE
 from mlsae.studies.parameters import from_json_text, list_parameter, preset_settings, typed_parameter
 from mlsae.training.config import config_from_preset
@@ -127,8 +128,6 @@ class Experiment:
         self._lens: ResidualLens | IdentityLens | None = None
         sae_d_model = None
         if pretrained_sae is not None:  # its shape, and its model when not given, before any work
-            from mlsae.sae.io import sae_folder, sae_shape
-
             self._sae_folder = sae_folder(typed_parameter("pretrained_sae", pretrained_sae, str))
             model = model or model_of_sae(pretrained_sae, self._sae_folder)
             sae_d_model, n_latents, k = sae_shape(self._sae_folder)
@@ -182,8 +181,6 @@ class Experiment:
             if self.layers is not None and any(not 0 <= l < n_layers for l in self.layers):
                 raise ValueError(f"layers {self.layers} out of range for {self.model} with {n_layers} layers")
         if self.layers is not None:
-            from mlsae.models.residuals import check_unique_layers
-
             check_unique_layers(self.layers)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} but no CUDA device is available; use device='cpu'")
@@ -298,8 +295,6 @@ class Experiment:
         """Where this SAE's statistics are cached: its training run's folder, or for a pretrained SAE a folder
         named after it and keyed by the contents of its files."""
         if self.pretrained_sae is not None:
-            from mlsae.data.sources import data_identity
-
             digest = data_identity(str(self._sae_folder)).partition(":")[2]
             return mlsae_home() / "saes" / f"pretrained-{safe_name(self.pretrained_sae)}-{digest}"
         return mlsae_home() / "saes" / sae_key(self.train_config())

@@ -4,6 +4,7 @@ the presets it is built from, and which fields select the token stream (:data:`S
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import typing
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from simple_parsing.docstring import get_attribute_docstring
 from mlsae.core.cache import key
 from mlsae.core.paths import safe_name
 from mlsae.core.presets import TRAIN_PRESETS, default_data
+from mlsae.models.registry import model_context, resolve_model
 from mlsae.models.residuals import check_unique_layers
 from mlsae.sae.config import SPARSITY_DEFAULTS, SAEConfig, check_sparsity
 
@@ -83,8 +85,6 @@ class TrainConfig:
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if self.tracker == "wandb":
-            import importlib.util
-
             if importlib.util.find_spec("wandb") is None:
                 raise ValueError("tracker='wandb' but wandb is not installed: pip install -e '.[tracking]' "
                                  "(or use tracker='none'; metrics.jsonl is written either way)")
@@ -164,12 +164,8 @@ def config_from_preset(preset: str = "default", **overrides) -> TrainConfig:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
     values = {**TRAIN_PRESETS[preset], "preset": preset, **overrides}
     if overrides.get("data") is None and "model" in overrides:
-        from mlsae.models.registry import resolve_model
-
         values["data"] = default_data(overrides["model"], resolve_model(overrides["model"]).kind)
     if "seq_len" not in overrides and "model" in overrides:
-        from mlsae.models.registry import model_context
-
         context = model_context(overrides["model"])
         if context is not None:
             values["seq_len"] = min(values.get("seq_len", TrainConfig.seq_len), context)

@@ -190,7 +190,7 @@ def spawn(entrypoint, nproc_per_node: int, *args) -> dict:
     group: what ``torchrun --standalone`` does, through the same engine
     (``torch.distributed.launcher.elastic_launch``). ``entrypoint`` must be a module-level function.
     Returns each rank's return value; a failed process stops the others and raises ``ChildFailedError``."""
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch  # only when spawning processes
 
     if nproc_per_node < 1:
         raise ValueError(f"nproc_per_node must be at least 1, got {nproc_per_node}")

@@ -338,7 +338,7 @@ class _Run:
 def _wandb_run(cfg: TrainConfig, out_dir: Path):
     """A Weights & Biases run for one SAE (project ``$WANDB_PROJECT``, default ``mlsae``), named after its
     folder; metrics.jsonl stays the record the notebooks read."""
-    import wandb
+    import wandb  # the optional 'tracking' extra: only when tracker='wandb'
 
     return wandb.init(project=os.environ.get("WANDB_PROJECT", "mlsae"), name=out_dir.name, dir=str(out_dir),
                       config=cfg.to_dict(), reinit="create_new")
