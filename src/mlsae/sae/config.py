@@ -57,7 +57,7 @@ def check_sparsity(k: int, k_aux: int, auxk_coef: float, dead_tokens: int) -> No
     """The rules for the sparsity fields, defined once: SAEConfig and TrainConfig (which carries them into it)
     both check with this."""
     if k <= 0:
-        raise ValueError(f"k must be positive, got {k}: pick e.g. k=32")
+        raise ValueError(f"k must be positive, got k={k}: pick e.g. k=32")
     if k_aux < 0:
         raise ValueError(f"k_aux={k_aux} must be >= 0 (0 disables AuxK; the paper uses 256)")
     if not math.isfinite(auxk_coef) or auxk_coef < 0:
