@@ -40,10 +40,10 @@ def write_sae(path: str | Path, cfg: SAEConfig, tensors: dict[str, Tensor], prov
 
 
 def read_sae(path: str | Path, tokens_per_step: int = PAPER_TOKENS_PER_STEP,
-             tokens_per_forward: int = PAPER_TOKENS_PER_FORWARD) -> tuple[SAEConfig, dict[str, Tensor], str]:
-    """``(cfg, tensors, where)`` of the SAE in ``path``: ``tensors`` holds ``W_enc`` [m, d], ``W_dec`` [d, m],
-    ``b_pre`` [d] and, when saved, ``tokens_since_fired`` [m], each checked against ``cfg``; ``where`` names the
-    file for messages. The layouts read: :meth:`mlsae.sae.model.MLSAE.from_pretrained`."""
+             tokens_per_forward: int = PAPER_TOKENS_PER_FORWARD) -> tuple[SAEConfig, dict[str, Tensor]]:
+    """``(cfg, tensors)`` of the SAE in ``path``: ``tensors`` holds ``W_enc`` [m, d], ``W_dec`` [d, m], ``b_pre``
+    [d] and, when saved, ``tokens_since_fired`` [m], each checked against ``cfg``. The layouts read:
+    :meth:`mlsae.sae.model.MLSAE.from_pretrained`."""
     path = _local_or_hub(path)
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
     for p in (config_path, weights_path):
@@ -73,8 +73,7 @@ def read_sae(path: str | Path, tokens_per_step: int = PAPER_TOKENS_PER_STEP,
             tokens_per_forward = raw.get("batch_size", 1) * raw.get("max_length", 2048)
             tokens_per_step = tokens_per_forward * raw.get("accumulate_grad_batches", 64)
         try:
-            d_model = raw["n_inputs"] if layout == "sae" else shapes[prefix + "encoder.weight"][1]
-            n_latents = raw["n_latents"] if layout == "sae" else d_model * raw["expansion_factor"]
+            d_model, n_latents = _shape(raw, layout, shapes[prefix + "encoder.weight"] if layout == "tfm" else None)
             dead_steps = raw.get("dead_steps_threshold")
             cfg = SAEConfig(
                 d_model=d_model,
@@ -116,7 +115,7 @@ def read_sae(path: str | Path, tokens_per_step: int = PAPER_TOKENS_PER_STEP,
         if tuple(fired.shape) != (m,):
             raise ValueError(f"{where}: dead-latent counter has shape {tuple(fired.shape)}, expected ({m},)")
         out["tokens_since_fired"] = fired
-    return cfg, out, where
+    return cfg, out
 
 
 def read_provenance(path: str | Path) -> dict:
@@ -160,12 +159,21 @@ def sae_shape(folder: Path) -> tuple[int, int, int]:
     """``(d_model, n_latents, k)`` from an SAE folder (ours or a released layout), without loading its weights."""
     raw = _read_config(Path(folder) / CONFIG_FILE)
     layout = released_layout(raw)
+    encoder = None
     if layout == "tfm":
         with safe_open(str(Path(folder) / WEIGHTS_FILE), framework="pt") as f:
-            d_model = f.get_slice("autoencoder.encoder.weight").get_shape()[1]
-        return int(d_model), int(d_model * raw["expansion_factor"]), int(raw["k"])
+            encoder = tuple(f.get_slice("autoencoder.encoder.weight").get_shape())
+    return (*_shape(raw, layout, encoder), int(raw["k"]))
+
+
+def _shape(raw: dict, layout: str | None, encoder: tuple | None) -> tuple[int, int]:
+    """``(d_model, n_latents)`` as a config states them; a ``-tfm`` config states R only, and its encoder's shape
+    ``[n_latents, d_model]`` the width."""
+    if layout == "tfm":
+        assert encoder is not None
+        return int(encoder[1]), int(encoder[1] * raw["expansion_factor"])
     d_model = raw["n_inputs"] if layout == "sae" else raw["d_model"]
-    return int(d_model), int(raw["n_latents"]), int(raw["k"])
+    return int(d_model), int(raw["n_latents"])
 
 
 def released_facts(folder: Path) -> dict:

@@ -302,7 +302,7 @@ class MLSAE(nn.Module):
         tokens per step, one sequence per forward; a ``-tfm`` checkpoint states its own). ``auxk: null`` becomes
         ``k_aux=0``. Only the SAE's tensors are read, so a ``-tfm`` file's transformer weights stay on disk.
         """
-        cfg, tensors, _ = read_sae(path, tokens_per_step, tokens_per_forward)
+        cfg, tensors = read_sae(path, tokens_per_step, tokens_per_forward)
         sae = cls(cfg, device="meta").to_empty(device=device or "cpu")  # skip the random init
         with torch.no_grad():
             sae.W_enc.copy_(tensors["W_enc"])

@@ -22,10 +22,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mlsae.core.paths import mlsae_home, safe_name
-
-IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
-
 from mlsae.analysis.distributions import (
     PAPER_WINDOW,
     LayerDistributions,
@@ -37,6 +33,7 @@ from mlsae.analysis.distributions import (
 from mlsae.analysis.examples import MaxExamples, max_examples
 from mlsae.analysis.metrics import EvalResult, evaluate
 from mlsae.core.cache import cached
+from mlsae.core.paths import mlsae_home, safe_name
 from mlsae.core.presets import default_data
 from mlsae.data.sources import data_identity, load_text
 from mlsae.data.tokens import token_batches
@@ -52,12 +49,15 @@ from mlsae.models.registry import (
     resolve_model,
 )
 from mlsae.models.residuals import check_unique_layers
+from mlsae.sae.config import CONFIG_FILE
 from mlsae.sae.io import read_provenance, released_facts, sae_folder, sae_shape
 from mlsae.sae.model import MLSAE
 from mlsae.studies.parameters import from_json_text, list_parameter, preset_settings, typed_parameter
 from mlsae.training.config import config_from_preset
 from mlsae.training.identity import sae_key
 from mlsae.training.store import ensure_trained, train_or_load
+
+IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
 def model_of_sae(source: str, folder: Path, flag: str = "-p model") -> str:
@@ -272,10 +272,10 @@ class Experiment:
         """The SAE, in eval mode: ``pretrained_sae`` loaded, or trained from :meth:`train_config` unless the shared
         store has it (once, cached: a second call, or another notebook, loads it), with its lens prepared."""
         if self._sae is None:
-            if self._sae_folder is not None:  # pretrained_sae was given
-                self._sae = MLSAE.from_pretrained(self._sae_folder).eval()
-            else:
+            if self._sae_folder is None:  # trained here (or found in the store), already on device
                 self._sae = train_or_load(self.train_config(), progress=self.progress)[0].eval()
+            else:
+                self._sae = self._load_sae()
         self.prepare_lens()
         return self._sae
 
@@ -283,12 +283,16 @@ class Experiment:
     def sae(self) -> MLSAE:
         """The SAE :meth:`train` gave, or the one the store already holds; reading it never trains."""
         if self._sae is None:
-            folder = self._sae_folder or self.out_dir / "sae"
-            if not (folder / "config.json").is_file():
-                raise RuntimeError(f"Experiment.sae: {self.model}'s SAE is not trained yet ({folder} is missing); call "
-                                   "exp.train() first (every statistic does)")
-            self._sae = MLSAE.from_pretrained(folder).to(self.device).eval()
+            self._sae = self._load_sae()
         return self._sae
+
+    def _load_sae(self) -> MLSAE:
+        """The pretrained SAE, or the one in the store (never trained here), on ``device``, in eval mode."""
+        folder = self._sae_folder or self.out_dir / "sae"
+        if not (folder / CONFIG_FILE).is_file():
+            raise RuntimeError(f"Experiment.sae: {self.model}'s SAE is not trained yet ({folder} is missing); call "
+                               "exp.train() first (every statistic does)")
+        return MLSAE.from_pretrained(folder).to(self.device).eval()
 
     @property
     def out_dir(self) -> Path:
