@@ -59,13 +59,13 @@ def test_per_token_variance_matches_dense_over_firing_pairs_only():
     var = (p * l**2).sum(0) - (p * l).sum(0) ** 2
     s = acc.stats.summary()
     assert acc.stats.token_pairs == int(firing.sum())
-    assert s["token_var"] == pytest.approx(float(var[firing].mean()), rel=1e-9)
-    assert s["token_var_weighted"] == pytest.approx(float((var * mass)[firing].sum() / mass[firing].sum()), rel=1e-9)
+    assert s.token_var == pytest.approx(float(var[firing].mean()), rel=1e-9)
+    assert s.token_var_weighted == pytest.approx(float((var * mass)[firing].sum() / mass[firing].sum()), rel=1e-9)
     single = ((a > 0).sum(0) == 1) & firing
-    assert s["single_layer_pair_fraction"] == pytest.approx(float(single.sum() / firing.sum()))
+    assert s.single_layer_pair_fraction == pytest.approx(float(single.sum() / firing.sum()))
     agg = acc.stats.var_layer
-    assert s["aggregate_var"] == pytest.approx(float(agg[~torch.isnan(agg)].mean()))
-    assert s["variance_ratio"] == pytest.approx(s["aggregate_var"] / s["token_var"])
+    assert s.aggregate_var == pytest.approx(float(agg[~torch.isnan(agg)].mean()))
+    assert s.honest_ratio == pytest.approx(s.aggregate_var / s.token_var)
 
 
 def test_latent_active_at_one_layer_per_token_but_different_layers_gives_large_ratio():
@@ -78,10 +78,10 @@ def test_latent_active_at_one_layer_per_token_but_different_layers_gives_large_r
     acc = LayerDistributionAccumulator(n_layers, 3)
     acc.update(values, indices)
     s = acc.stats.summary()
-    assert s["token_var"] == 0
-    assert s["aggregate_var"] == pytest.approx(35 / 12)  # variance of uniform {0..5}
-    assert math.isinf(s["variance_ratio"])
-    assert s["single_layer_pair_fraction"] == 1.0
+    assert s.token_var == 0
+    assert s.aggregate_var == pytest.approx(35 / 12)  # variance of uniform {0..5}
+    assert math.isinf(s.honest_ratio)
+    assert s.single_layer_pair_fraction == 1.0
 
 
 def test_save_load_round_trip(tmp_path):
@@ -91,7 +91,7 @@ def test_save_load_round_trip(tmp_path):
     acc.stats.save(tmp_path / "d.safetensors")
     back = LayerDistributions.load(tmp_path / "d.safetensors")
     torch.testing.assert_close(back.counts, acc.stats.counts)
-    assert back.summary() == pytest.approx(acc.stats.summary(), nan_ok=True)  # no full window: paper_* NaN
+    assert back.summary().as_dict() == pytest.approx(acc.stats.summary().as_dict(), nan_ok=True)  # no full window: paper_* NaN
 
 
 # ---- the paper's estimator (PAPER.md §3b) and the honest token-weighted decomposition ---------------
@@ -212,7 +212,7 @@ def test_closed_forms_one_layer_latent_and_uniform_latent():
     # the honest q-weighted ratio is exactly 1: no latent moves between layers from token to token
     assert s.token_weighted_summary()["q_weighted_ratio"] == pytest.approx(1.0)
     # today's ratio weighs latents equally but pairs by frequency: (uv / 2) / (40 uv / 50) = 0.625
-    assert s.summary()["variance_ratio"] == pytest.approx((uniform_var / 2) / (40 * uniform_var / 50))
+    assert s.summary().honest_ratio == pytest.approx((uniform_var / 2) / (40 * uniform_var / 50))
 
 
 def test_paper_estimator_survives_save_and_load(tmp_path):
@@ -222,7 +222,7 @@ def test_paper_estimator_survives_save_and_load(tmp_path):
     acc.stats.save(tmp_path / "d.safetensors")
     back = LayerDistributions.load(tmp_path / "d.safetensors")
     assert back.window == 32 and back.paper_tf.shape == (2,)
-    assert back.summary() == pytest.approx(acc.stats.summary(), nan_ok=True)
+    assert back.summary().as_dict() == pytest.approx(acc.stats.summary().as_dict(), nan_ok=True)
 
 
 def test_window_must_be_positive():
@@ -238,3 +238,21 @@ def test_residual_geometry_saves_as_safetensors_not_pickle(tmp_path):
     assert (tmp_path / "g.safetensors").read_bytes()[8:9] == b"{"  # a safetensors JSON header, not a pickle
     back = ResidualGeometry.load(tmp_path / "g.safetensors")
     assert back.tokens == 1234 and all(torch.equal(getattr(back, k), getattr(g, k)) for k in ("cos_mean", "cos_sem", "norm_mean"))
+
+
+def test_the_summary_is_one_typed_record_with_the_tables_names():
+    """One name per quantity: the summary's fields are what the tables and notebooks read, the headline columns
+    come from those fields, and a statistic without per-token sums or a closed window says NaN, not a missing key."""
+    import dataclasses
+
+    from mlsae.analysis.distributions import HEADLINE_COLUMNS, LayerSummary, headline_row
+
+    values, indices = _random_topk(seed=3)
+    acc = LayerDistributionAccumulator(4, 40, window=10_000)  # no window closes
+    acc.update(values, indices)
+    s = acc.stats.summary()
+    assert isinstance(s, LayerSummary) and set(HEADLINE_COLUMNS) <= {f.name for f in dataclasses.fields(s)}
+    assert math.isnan(s.paper_ratio) and s.paper_windows == 0 and math.isfinite(s.honest_ratio)
+    assert list(headline_row(s)) == list(HEADLINE_COLUMNS.values()) and headline_row(s)["honest ratio"] == s.honest_ratio
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.honest_ratio = 1.0  # type: ignore[misc]

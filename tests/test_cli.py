@@ -43,15 +43,14 @@ def test_eval_on_a_truncated_sae_is_one_line(tmp_path, capsys):
 
 
 def test_train_flags_are_generated_from_the_config(monkeypatch):
-    """Every TrainConfig field is a flag with its comment as help, so a new field cannot be forgotten,
-    and what the CLI builds is exactly config_from_preset with the given values."""
-    import dataclasses
-
+    """Every TrainConfig field (the nested SAE and lens records' too) is a flag with its comment as help, so a new
+    field cannot be forgotten, and what the CLI builds is exactly config_from_preset with the given values."""
     import mlsae.cli as cli
-    from mlsae.training.config import TrainConfig, config_from_preset
+    from mlsae.training.config import TrainConfig, config_from_preset, flat_fields
 
     helps = TrainConfig.field_help()
-    assert set(helps) == {f.name for f in dataclasses.fields(TrainConfig)}, "a field without a help comment"
+    assert set(helps) == set(flat_fields()), "a field without a help comment"
+    assert {"k", "expansion_factor", "dead_tokens", "encoder_init", "tuned_lens", "lens_tokens", "lr"} <= set(helps)
     built = {}
 
     def fake_train(cfg, out, resume):

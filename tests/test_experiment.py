@@ -38,7 +38,7 @@ def test_missing_hub_model_fails_fast_when_first_used(monkeypatch):
     exp = Experiment(model="pythia-1b", preset="tiny")  # valid name: nothing loaded yet
     start = time.perf_counter()
     with pytest.raises(ModelNotAvailableError, match="EleutherAI/pythia-1b-deduped"):
-        _ = exp.lm
+        exp.load_lm()
     assert time.perf_counter() - start < 15
 
 

@@ -147,7 +147,7 @@ def test_the_pretrained_lens_is_used_named_and_keyed(pythia_stand_in, capsys):
 
     tmp_path, cache, pile = pythia_stand_in
     model, tokenizer = load_model("pythia-70m")
-    cfg = TrainConfig(model="pythia-70m", data=str(pile), tuned_lens=True)
+    cfg = TrainConfig.from_dict(dict(model="pythia-70m", data=str(pile), tuned_lens=True))
     assert pretrained_lens_identity("pythia-70m") is None
     key_without = sae_key(cfg)
     lens = _put_pretrained_lens(cache, model, tmp_path)
@@ -155,7 +155,7 @@ def test_the_pretrained_lens_is_used_named_and_keyed(pythia_stand_in, capsys):
     assert pretrained_lens_identity("pythia-70m") == identity
     assert lens_record("pythia-70m", **cfg.lens_kwargs()) == {"source": "pretrained", "identity": identity}
     assert sae_key(cfg) != key_without  # the lens is part of what the SAE was trained behind
-    assert sae_key(cfg) == sae_key(TrainConfig(model="pythia-70m", data=str(pile), tuned_lens=True, lens_tokens=7))
+    assert sae_key(cfg) == sae_key(TrainConfig.from_dict(dict(model="pythia-70m", data=str(pile), tuned_lens=True, lens_tokens=7)))
     used = residual_lens_for("pythia-70m", model, tokenizer, **cfg.lens_kwargs(), progress=False)
     expected = ResidualLens.from_tuned_lens(lens)
     x = torch.randn(3, 5, 32)

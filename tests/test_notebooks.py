@@ -68,7 +68,7 @@ def test_every_reference_quantity_has_a_reviewed_tolerance(path):
 
 
 def test_the_honest_ratio_is_compared_in_03_07_and_12():
-    for stem, name in (("03_layer_variance", "variance_ratio"), ("03_layer_variance", "series_honest_ratio"),
+    for stem, name in (("03_layer_variance", "honest_ratio"), ("03_layer_variance", "series_honest_ratio"),
                        ("07_tuned_lens", "honest_ratio"), ("12_model_families", "honest_ratio")):
         spec = read_reference(ROOT / "notebooks" / f"{stem}.ipynb")["quantities"][name]
         assert spec["tolerance"] != "exact" and spec["tolerance"]["abs"] < 0.2, (stem, spec)
@@ -182,7 +182,7 @@ def test_a_5_percent_change_of_the_papers_estimator_fails_03_and_a_change_inside
     reference = read_reference(ROOT / "notebooks" / "03_layer_variance.ipynb")
     values = {n: spec["value"] for n, spec in reference["quantities"].items()}
     assert compare(values, reference) == []
-    for name in ("paper_ratio", "variance_ratio"):
+    for name in ("paper_ratio", "honest_ratio"):
         tolerance = reference["quantities"][name]["tolerance"]["abs"]
         inside = {**values, name: values[name] + 0.5 * tolerance}
         assert compare(inside, reference) == [], name

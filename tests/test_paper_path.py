@@ -127,7 +127,7 @@ def test_notebook_03_runs_the_paper_preset_on_hub_models_offline(hub_machine, mo
     run = run_notebook(ROOT / "notebooks" / "03_layer_variance.ipynb", hub_machine / f"03-{model}.ipynb", params)
     assert run.ok, run.error
     records = _executed_cleanly(run.output)
-    assert records["variance_ratio"] > 0 and records["paper_ratio"] > 0 and list(records["series_honest_ratio"]) == [model]
+    assert records["honest_ratio"] > 0 and records["paper_ratio"] > 0 and list(records["series_honest_ratio"]) == [model]
     provenance = json.loads(next((hub_machine / "home" / "saes").glob("*/sae/provenance.json")).read_text())
     assert provenance["data"] == HUB_DATA and provenance["data_identity"] == f"hub:{HUB_DATA}@{HUB_SHA}"
     assert provenance["train_config"]["seq_len"] == 32 and provenance["steps"] == 4096 // (4 * 32)  # the budget, in steps

@@ -122,11 +122,11 @@ def test_train_config_encoder_init():
     from mlsae.training.config import TrainConfig
 
     base = TrainConfig()
-    assert base.encoder_init == "unit"
+    assert base.sae.encoder_init == "unit"
     assert sae_key(base) == sae_key(TrainConfig()) and sae_key(base).startswith("pythia-70m-x64-k32-all-")
-    assert sae_key(TrainConfig(encoder_init="fit")) != sae_key(base)
+    assert sae_key(TrainConfig.from_dict(dict(encoder_init="fit"))) != sae_key(base)
     with pytest.raises(ValueError, match="encoder_init"):
-        TrainConfig(encoder_init="zeros")
+        TrainConfig.from_dict(dict(encoder_init="zeros"))
 
 
 # --- forward, constraints, loss ---------------------------------------------------------------------

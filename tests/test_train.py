@@ -422,7 +422,7 @@ def test_a_preset_means_the_same_in_the_cli_and_the_notebooks():
     for preset in ("tiny", "default", "paper"):
         cli = config_from_preset(preset, model=NOTEBOOK_PRESETS[preset]["model"])
         nb = Experiment(preset=preset).train_config()
-        assert (cli.expansion_factor, cli.k, cli.max_tokens, cli.seq_len) == (nb.expansion_factor, nb.k, nb.max_tokens, nb.seq_len)
+        assert (cli.sae, cli.lens, cli.max_tokens, cli.seq_len) == (nb.sae, nb.lens, nb.max_tokens, nb.seq_len)
 
 
 class _LensAsked(Exception):
@@ -459,7 +459,7 @@ def test_lens_budget_is_in_the_key_only_where_it_changes_the_sae():
     base = config_from_preset("default", model="zoo-m")
     assert sae_key(base) == sae_key(config_from_preset("default", model="zoo-m", lens_tokens=1_000))  # no lens
     lensed = config_from_preset("default", model="zoo-m", tuned_lens=True)
-    assert lensed.lens_tokens == 400_000
+    assert lensed.lens.lens_tokens == 400_000
     assert sae_key(lensed) != sae_key(config_from_preset("default", model="zoo-m", tuned_lens=True, lens_tokens=1_000))
     with pytest.raises(ValueError, match="lens_tokens"):
         config_from_preset("default", model="zoo-m", lens_tokens=0)

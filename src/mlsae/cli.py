@@ -12,13 +12,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import typing
 from pathlib import Path
 
-from mlsae.training.config import TrainConfig
+from mlsae.training.config import TrainConfig, field_default, flat_fields
 
 
 def _layers(text: str) -> list[int]:
@@ -28,27 +26,27 @@ def _layers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--layers takes comma-separated integers like 0,3; got {text!r}") from None
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """One flag per dataclass field (``--expansion-factor``, ``-k`` too for one-letter names), typed from the
-    annotation, its help from the field's comment; every default is None, so only what is given
-    overrides the preset."""
-    hints, helps, choices = typing.get_type_hints(cls), cls.field_help(), cls.choices()
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
+def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per training setting (``--expansion-factor``, ``-k`` too for one-letter names), nested records
+    included, typed from the annotation, its help from the field's comment; every default is None, so only what
+    is given overrides the preset. (Plain argparse rather than simple-parsing's parser, which fills in the
+    declared defaults: a preset needs to know what was not given.)"""
+    helps, choices = TrainConfig.field_help(), TrainConfig.choices()
+    for name, (_, kind) in flat_fields().items():
+        if name in skip:
             continue
-        flags = [f"--{f.name.replace('_', '-')}"] + ([f"-{f.name}"] if len(f.name) == 1 else [])
-        help = f"{helps.get(f.name, '')} [preset's value, else {f.default!r}]".strip()
-        kind = hints[f.name]
+        flags = [f"--{name.replace('_', '-')}"] + ([f"-{name}"] if len(name) == 1 else [])
+        help = f"{helps.get(name, '')} [preset's value, else {field_default(name)!r}]".strip()
         if kind is bool:
-            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
-        elif f.name in choices:
-            parser.add_argument(*flags, dest=f.name, choices=choices[f.name], default=None, help=help)
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help)
+        elif name in choices:
+            parser.add_argument(*flags, dest=name, choices=choices[name], default=None, help=help)
         elif kind in (int, float, str):
-            parser.add_argument(*flags, dest=f.name, type=kind, default=None, help=help)
+            parser.add_argument(*flags, dest=name, type=kind, default=None, help=help)
         elif kind == (list[int] | None):
-            parser.add_argument(*flags, dest=f.name, type=_layers, default=None, help=help)
+            parser.add_argument(*flags, dest=name, type=_layers, default=None, help=help)
         else:  # a new field of another type must say how it is parsed
-            raise TypeError(f"no command-line parser for {cls.__name__}.{f.name}: {kind}")
+            raise TypeError(f"no command-line parser for the training setting {name}: {kind}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--model", required=True, help=TrainConfig.field_help()["model"])
     t.add_argument("--preset", default=None, help="paper | default | tiny: where every value not given starts "
                    "(default: 'paper' for hub models, 'default' for the zoo)")
-    _add_config_flags(t, TrainConfig, skip=("model", "preset"))
+    _add_config_flags(t, skip=("model", "preset"))
     t.add_argument("--out", type=Path, default=None, help="output folder (default: the shared cache)")
     t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
 
@@ -104,8 +102,8 @@ def _train(args) -> int:
     from mlsae.training.train import train
 
     preset = args.preset or ("default" if resolve_model(args.model).kind == "zoo" else "paper")
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if f.name not in ("model", "preset") and getattr(args, f.name) is not None}
+    overrides = {name: getattr(args, name) for name in flat_fields()
+                 if name not in ("model", "preset") and getattr(args, name) is not None}
     cfg = config_from_preset(preset, model=args.model, **overrides)
     with distributed.process_group(cfg.device) as group:  # under torchrun: this process's rank; else one process
         result = train(cfg, args.out, resume=not args.no_resume)
@@ -135,8 +133,8 @@ def _eval(args) -> int:
     saved = read_provenance(folder)
     model_name = args.model or model_of_sae(where, folder, flag="--model")
     if saved.get("train_config"):
-        cfg = TrainConfig(**{**saved["train_config"], "model": model_name, "device": "cpu",
-                             **({"data": args.data} if args.data else {})})
+        cfg = TrainConfig.from_dict({**saved["train_config"], "model": model_name, "device": "cpu",
+                                     **({"data": args.data} if args.data else {})})
     else:  # a released SAE, or one without provenance: the model's own text and context, said out loud
         from mlsae.training.config import config_from_preset
 

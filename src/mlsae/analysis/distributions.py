@@ -43,6 +43,7 @@ arrays are ``[layer, n_latents]``; no ``[layer, token, n_latents]`` tensor is ev
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,49 @@ def _paper_aggregate_terms(m: Tensor, first_layer: float) -> tuple[float, float]
     exp_f = float(layer_variance(*_moments(m), first_layer, normalise=False).mean())
     var_l = float(layer_variance(*_moments(m.mean(1)), first_layer, normalise=False))
     return exp_f, var_l
+
+
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """The scalars of :class:`LayerDistributions`, one name per quantity (the tables' and notebooks' names; the
+    headline ones' column labels are :data:`HEADLINE_COLUMNS`). NaN where the statistics cannot give one (no
+    per-token sums, no closed window of the paper's estimator). Layers are numbered from 0 unless a name says
+    ``from1``."""
+
+    n_layers: int
+    n_latents: int
+    tokens: int  # analysed tokens
+    alive_latents: int  # latents that fired at least once
+    mean_std_layer: float  # E_j[std of p(l | j)] over alive latents
+    mean_std_layer_over_n_layers: float  # ... divided by the number of layers
+    aggregate_var: float  # E_j[Var(L | j)] over alive latents (activation-weighted p(l | j))
+    token_var: float  # E_{t,j}[Var(L | t, j)] over firing (token, latent) pairs
+    token_var_weighted: float  # the same, weighted by the pair's activation mass
+    honest_ratio: float  # aggregate_var / token_var: how many times larger
+    token_pairs: int  # firing (token, latent) pairs
+    single_layer_pair_fraction: float  # of those pairs, the share active at exactly one layer
+    mean_active_layers: float  # E_j[layers at which j fires at least once]
+    aggregate_var_token_weighted: float = NAN  # E_j[sigma_j^2], the token-weighted distribution's variance
+    q_weighted_ratio: float = NAN  # E_j[q_j sigma_j^2] / E_j[q_j vbar_j]: the honest part of the paper's number
+    mu2_factor: float = NAN  # 1 + E_j[q_j (1 - q_j) mu_j^2] / E_j[q_j sigma_j^2]: what numbering from 0 adds
+    paper_windows: int = 0  # windows of the paper's estimator closed
+    paper_exp_var_l_tf: float = NAN  # the paper's E[Var(L | t, f)], mean over windows
+    paper_exp_var_l_f: float = NAN  # the paper's E[Var(L | f)], mean over windows
+    paper_var_l: float = NAN  # the paper's Var(L), mean over windows
+    paper_rel_var_f: float = NAN  # E[Var(L | f)] / Var(L), mean over windows
+    paper_rel_var_t: float = NAN  # E[Var(L | t, f)] / E[Var(L | f)], mean over windows
+    paper_ratio: float = NAN  # the authors' code as they ran it: 1 / mean rel_var_t
+    paper_window: int = 0  # tokens per window
+    paper_ratio_from1: float = NAN  # paper_ratio with layers numbered from 1
+    paper_ratio_whole: float = NAN  # the paper's estimator on the whole set as one window (= q-weighted x mu2)
+    paper_ratio_whole_from1: float = NAN  # ... with layers numbered from 1
+
+    def as_dict(self) -> dict[str, float]:
+        """Name -> value, for a table row (``pd.Series(summary.as_dict())``)."""
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -174,29 +218,22 @@ class LayerDistributions:
         m = self.mean_layer
         return (m - m.round()).abs()
 
-    def summary(self) -> dict:
+    def summary(self) -> LayerSummary:
+        """Every scalar of these statistics, one typed record (:class:`LayerSummary`)."""
         alive = self.alive
-        agg = float(self.var_layer[alive].mean()) if alive.any() else float("nan")
-        tok = self.token_var_sum / self.token_pairs if self.token_pairs else float("nan")
-        tok_w = self.token_var_weighted_sum / self.token_weight_sum if self.token_weight_sum else float("nan")
-        std = float(self.std_layer[alive].mean()) if alive.any() else float("nan")
-        return {
-            "n_layers": self.n_layers,
-            "n_latents": self.counts.shape[1],
-            "tokens": self.tokens,
-            "alive_latents": int(alive.sum()),
-            "mean_std_layer": std,
-            "mean_std_layer_over_n_layers": std / self.n_layers,
-            "aggregate_var": agg,  # E_j[Var(L | j)] over alive latents
-            "token_var": tok,  # E_{t,j}[Var(L | t, j)] over firing pairs
-            "token_var_weighted": tok_w,
-            "variance_ratio": agg / tok if tok > 0 else float("inf"),  # how many times larger
-            "token_pairs": self.token_pairs,
-            "single_layer_pair_fraction": self.single_layer_pairs / self.token_pairs if self.token_pairs else float("nan"),
-            "mean_active_layers": float(self.n_active_layers[alive].double().mean()) if alive.any() else float("nan"),
-            **self.token_weighted_summary(),
-            **self.paper_summary(),
-        }
+        agg = float(self.var_layer[alive].mean()) if alive.any() else NAN
+        tok = self.token_var_sum / self.token_pairs if self.token_pairs else NAN
+        tok_w = self.token_var_weighted_sum / self.token_weight_sum if self.token_weight_sum else NAN
+        std = float(self.std_layer[alive].mean()) if alive.any() else NAN
+        return LayerSummary(
+            n_layers=self.n_layers, n_latents=self.counts.shape[1], tokens=self.tokens, alive_latents=int(alive.sum()),
+            mean_std_layer=std, mean_std_layer_over_n_layers=std / self.n_layers,
+            aggregate_var=agg, token_var=tok, token_var_weighted=tok_w,
+            honest_ratio=agg / tok if tok > 0 else float("inf"), token_pairs=self.token_pairs,
+            single_layer_pair_fraction=self.single_layer_pairs / self.token_pairs if self.token_pairs else NAN,
+            mean_active_layers=float(self.n_active_layers[alive].double().mean()) if alive.any() else NAN,
+            **self.token_weighted_summary(), **self.paper_summary(),
+        )
 
     # ---- the token-weighted (honest) decomposition and the paper's estimator -------------------
 
@@ -302,7 +339,7 @@ _TENSORS = ("counts", "totals", "p_sum", "fire_tokens", "latent_token_var_sum", 
 # The headline under each estimator, for tables (notebooks 03, 06, 07, 12 and the README): summary key -> column.
 # One label per quantity: every table takes its headline columns from here, never spells them itself.
 HEADLINE_COLUMNS = {
-    "variance_ratio": "honest ratio",  # E_j[Var(L|j)] (activation-weighted p(l|j)) / E_tj[Var(L|t,j)] over firing pairs
+    "honest_ratio": "honest ratio",  # E_j[Var(L|j)] (activation-weighted p(l|j)) / E_tj[Var(L|t,j)] over firing pairs
     "q_weighted_ratio": "q-weighted ratio",  # E_j[q sigma^2] / E_j[q vbar]: the honest part of the paper's number
     "mu2_factor": "mu2 factor",  # 1 + E_j[q(1-q) mu^2] / E_j[q sigma^2]: what numbering from layer 0 adds
     "paper_ratio_whole": "paper, whole set",  # = q-weighted ratio * mu2 factor, exactly
@@ -311,9 +348,9 @@ HEADLINE_COLUMNS = {
 }
 
 
-def headline_row(summary: dict) -> dict:
+def headline_row(summary: LayerSummary) -> dict:
     """The headline columns of one :meth:`LayerDistributions.summary`."""
-    return {col: summary.get(key, float("nan")) for key, col in HEADLINE_COLUMNS.items()}
+    return {col: getattr(summary, key) for key, col in HEADLINE_COLUMNS.items()}
 
 
 class LayerDistributionAccumulator:

@@ -21,7 +21,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.rcsetup import cycler
 
-from mlsae.analysis.distributions import LayerDistributions, ResidualGeometry, latent_order
+from mlsae.analysis.distributions import LayerDistributions, LayerSummary, ResidualGeometry, latent_order
 from mlsae.core.paths import atomic_write_bytes, atomic_write_text, repository_root
 
 
@@ -160,11 +160,11 @@ def layer_heatmaps(stats: LayerDistributions, title: str = "", latents: np.ndarr
 
 
 @_themed
-def variance_comparison(summaries: dict[str, dict]) -> Figure:
+def variance_comparison(summaries: dict[str, LayerSummary]) -> Figure:
     """Per-token versus aggregated variance of the distribution over layers, per model (log scale)."""
     names = list(summaries)
-    agg = [summaries[n]["aggregate_var"] for n in names]
-    tok = [summaries[n]["token_var"] for n in names]
+    agg = [summaries[n].aggregate_var for n in names]
+    tok = [summaries[n].token_var for n in names]
     x = np.arange(len(names))
     # at least as wide as the legend: narrower, constrained_layout collapses the axes (and warns) for one model
     fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 1.3 * len(names)), 3.2), constrained_layout=True)

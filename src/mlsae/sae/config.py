@@ -1,10 +1,13 @@
-"""An MLSAE's shape and hyper-parameters (:class:`SAEConfig`) and the names of its files."""
+"""What an SAE is: the hyper-parameters a user chooses before the model's width is known
+(:class:`SAEHyperparameters`, which a training run's config nests), the shape and hyper-parameters of one built
+MLSAE (:class:`SAEConfig`, saved beside its weights) and the names of its files."""
 
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 WEIGHTS_FILE, CONFIG_FILE, PROVENANCE_FILE = "model.safetensors", "config.json", "provenance.json"
 FORMAT = "mlsae"
@@ -14,15 +17,45 @@ PAPER_TOKENS_PER_STEP, PAPER_TOKENS_PER_FORWARD = 64 * 2048, 2048
 
 
 @dataclass
+class SAEHyperparameters:
+    """The SAE's part of a training run, defined once: :class:`mlsae.training.config.TrainConfig` nests it, and
+    :meth:`sae_config` makes the :class:`SAEConfig` for a model of a given width. Defaults are the paper's."""
+
+    # One comment per field: it is the field's --help in the CLI.
+    expansion_factor: int = 64  # R: the SAE has R x d_model latents
+    k: int = 32  # active latents per (token, layer) example (top-k)
+    k_aux: int = 256  # latents in the auxiliary loss that revives dead latents (0 disables AuxK)
+    auxk_coef: float = 1 / 32  # weight of that auxiliary loss
+    dead_tokens: int = 10_000_000  # a latent silent for this many tokens counts as dead
+    # "unit": the paper's initialisation (unit-norm encoder rows, W_dec = W_enc^T). "fit": the same
+    # directions, then the encoder scaled on the first batch (MLSAE.fit_encoder_scale_), which short
+    # runs need (the offline presets use it; see mlsae.core.presets).
+    encoder_init: Literal["unit", "fit"] = "unit"  # unit: the paper's; fit: scaled on the first batch
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.expansion_factor, int) or self.expansion_factor <= 0:
+            raise ValueError(f"expansion_factor must be a positive integer, got {self.expansion_factor!r} "
+                             "(the paper uses 1..256)")
+        check_sparsity(self.k, self.k_aux, self.auxk_coef, self.dead_tokens)
+        check_choices(self)
+
+    def sae_config(self, d_model: int, layers: list[int] | None = None) -> SAEConfig:
+        """The :class:`SAEConfig` of these hyper-parameters for a model of width ``d_model``."""
+        return SAEConfig.from_expansion_factor(d_model, self.expansion_factor, self.k, k_aux=self.k_aux,
+                                               auxk_coef=self.auxk_coef, dead_tokens=self.dead_tokens, layers=layers)
+
+
+@dataclass
 class SAEConfig:
     """Shape and training hyperparameters of an MLSAE (defaults from PAPER.md §1)."""
 
     d_model: int
     n_latents: int
     k: int
-    k_aux: int = 256  # dead latents that reconstruct the residual error (0 disables AuxK)
-    auxk_coef: float = 1 / 32
-    dead_tokens: int = 10_000_000  # a latent is dead after this many tokens (not examples) unfired
+    # The sparsity fields' defaults and rules are SAEHyperparameters's (one definition).
+    k_aux: int = SAEHyperparameters.k_aux  # dead latents that reconstruct the residual error (0 disables AuxK)
+    auxk_coef: float = SAEHyperparameters.auxk_coef
+    dead_tokens: int = SAEHyperparameters.dead_tokens  # a latent is dead after this many tokens (not examples) unfired
     dead_threshold: float = 1e-3  # "fired" means value > this
     standardize: bool = True
     layers: list[int] | None = None  # model layers trained on; one layer for a baseline SAE
@@ -54,8 +87,13 @@ class SAEConfig:
 
 
 def check_sparsity(k: int, k_aux: int, auxk_coef: float, dead_tokens: int) -> None:
-    """The rules for the sparsity fields, defined once: SAEConfig and TrainConfig (which carries them into it)
-    both check with this."""
+    """The rules for the sparsity fields, defined once: SAEHyperparameters and SAEConfig (which a saved SAE builds
+    without hyper-parameters) both check with this."""
+    for name, value in (("k", k), ("k_aux", k_aux), ("dead_tokens", dead_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if isinstance(auxk_coef, bool) or not isinstance(auxk_coef, (int, float)):
+        raise ValueError(f"auxk_coef must be a number, got {auxk_coef!r} ({type(auxk_coef).__name__})")
     if k <= 0:
         raise ValueError(f"k must be positive, got k={k}: pick e.g. k=32")
     if k_aux < 0:
@@ -66,6 +104,14 @@ def check_sparsity(k: int, k_aux: int, auxk_coef: float, dead_tokens: int) -> No
         raise ValueError(f"dead_tokens={dead_tokens} must be positive (the paper uses 10_000_000)")
 
 
-# The sparsity fields' defaults (the paper's), for configurations that carry them into an SAEConfig.
-SPARSITY_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(SAEConfig)
-                                     if f.name in ("k_aux", "auxk_coef", "dead_tokens")}
+def literal_choices(cls: type) -> dict[str, tuple]:
+    """A dataclass's fields whose type is a ``Literal``, with their allowed values."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) for f in fields(cls) if typing.get_origin(hints[f.name]) is Literal}
+
+
+def check_choices(record: Any) -> None:
+    """Every ``Literal`` field of a config dataclass holds one of its values: one rule for every config."""
+    for name, options in literal_choices(type(record)).items():
+        if getattr(record, name) not in options:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {getattr(record, name)!r}")

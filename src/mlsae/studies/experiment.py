@@ -15,7 +15,6 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,7 @@ from mlsae.models.registry import (
     resolve_model,
 )
 from mlsae.models.residuals import check_unique_layers
-from mlsae.sae.config import CONFIG_FILE
+from mlsae.sae.config import CONFIG_FILE, SAEHyperparameters
 from mlsae.sae.io import read_provenance, released_facts, sae_folder, sae_shape
 from mlsae.sae.model import MLSAE
 from mlsae.studies.parameters import from_json_text, list_parameter, preset_settings, typed_parameter
@@ -125,6 +124,7 @@ class Experiment:
         self.pretrained_sae = pretrained_sae
         self._sae_folder: Path | None = None
         self._sae: MLSAE | None = None
+        self._lm: tuple[Any, Any] | None = None
         self._lens: ResidualLens | IdentityLens | None = None
         sae_d_model = None
         if pretrained_sae is not None:  # its shape, and its model when not given, before any work
@@ -153,10 +153,7 @@ class Experiment:
                 raise ValueError(f"{name} must be a positive number, got {value}")
         self.eval_tokens: int = eval_tokens or p["eval_tokens"]
         self.analysis_tokens: int = analysis_tokens or p["analysis_tokens"]
-        if self.expansion_factor <= 0:
-            raise ValueError(f"expansion_factor must be positive, got {self.expansion_factor}")
-        if self.k <= 0:
-            raise ValueError(f"k must be positive, got {self.k}")
+        SAEHyperparameters(expansion_factor=self.expansion_factor, k=self.k)  # their rules, defined once, before any work
 
         source = resolve_model(self.model)  # unknown names fail here, before any work
         self.data: str = data or default_data(self.model, source.kind)
@@ -230,10 +227,12 @@ class Experiment:
     def settings(self) -> dict:
         return preset_settings(self.preset)
 
-    @cached_property
-    def lm(self) -> tuple[Any, Any]:
-        """(model, tokenizer), loaded through the registry."""
-        return load_model(self.model, device=self.device)
+    def load_lm(self) -> tuple[Any, Any]:
+        """(model, tokenizer), loaded through the registry once and kept. A method, not a property: a zoo model
+        missing from the cache is trained here first (minutes), and a missing hub model raises."""
+        if self._lm is None:
+            self._lm = load_model(self.model, device=self.device)
+        return self._lm
 
     def prepare_lens(self):
         """The tuned lens the SAE works behind (loaded, or trained once and cached when this machine has none),
@@ -242,7 +241,7 @@ class Experiment:
             if not self.tuned_lens:
                 self._lens = IDENTITY
             else:
-                model, tokenizer = self.lm  # the lens the SAE was trained in: the same TrainConfig chooses it
+                model, tokenizer = self.load_lm()  # the lens the SAE was trained in: the same TrainConfig chooses it
                 self._lens = residual_lens_for(self.model, model, tokenizer, **self.train_config().lens_kwargs(),
                                                progress=self.progress)
         return self._lens
@@ -320,7 +319,7 @@ class Experiment:
 
     def batches(self, tokens: int, split: str = "test") -> Iterator[Tensor]:
         """Token batches [batch, seq_len] of held-out text (``split='test'``)."""
-        _, tokenizer = self.lm
+        _, tokenizer = self.load_lm()
         dataset = load_text(self.data, split=split, streaming=True)
         return token_batches(dataset, tokenizer, self.seq_len, self.eval_batch_size, max_tokens=tokens)
 
@@ -340,7 +339,7 @@ class Experiment:
         """Metrics on held-out text; ``layers`` applies the SAE elsewhere than where it was trained."""
         fields = dict(self._stream_fields(self.eval_tokens), downstream=downstream, layers=layers)
         return cached(self.out_dir, "eval", fields, EvalResult.load, lambda: evaluate(
-            *self.lm, self.train(), self.batches(self.eval_tokens), lens=self.prepare_lens(), downstream=downstream, layers=layers,
+            *self.load_lm(), self.train(), self.batches(self.eval_tokens), lens=self.prepare_lens(), downstream=downstream, layers=layers,
             progress=self.progress))
 
     def distributions(self, layers: list[int] | None = None, window: int | None = None):
@@ -349,12 +348,12 @@ class Experiment:
         window = window or PAPER_WINDOW
         fields = dict(self._stream_fields(self.analysis_tokens), layers=layers, window=window)
         return cached(self.out_dir, "distributions", fields, LayerDistributions.load, lambda: layer_distributions(
-            *self.lm, self.train(), self.batches(self.analysis_tokens), lens=self.prepare_lens(), layers=layers,
+            *self.load_lm(), self.train(), self.batches(self.analysis_tokens), lens=self.prepare_lens(), layers=layers,
             progress=self.progress, window=window))
 
     def prompt_distribution(self, prompt: str = IOI_PROMPT):
         """One prompt's distributions over layers (computed each time: one forward pass)."""
-        model, tokenizer = self.lm
+        model, tokenizer = self.load_lm()
         return prompt_distribution(model, tokenizer, self.train(), prompt, lens=self.prepare_lens())
 
     def max_examples(self, n_examples: int = 8):
@@ -362,7 +361,7 @@ class Experiment:
         analysed token ids (:class:`mlsae.analysis.examples.MaxExamples`), cached next to the SAE."""
         fields = dict(self._stream_fields(self.analysis_tokens), n_examples=n_examples)
         return cached(self.out_dir, "examples", fields, MaxExamples.load, lambda: max_examples(
-            *self.lm, self.train(), self.batches(self.analysis_tokens), lens=self.prepare_lens(), n_examples=n_examples,
+            *self.load_lm(), self.train(), self.batches(self.analysis_tokens), lens=self.prepare_lens(), n_examples=n_examples,
             progress=self.progress))
 
     def geometry_fields(self) -> dict:
@@ -373,7 +372,7 @@ class Experiment:
     def geometry(self):
         """Adjacent-layer cosine similarity and norms of the residual stream (no SAE involved)."""
         return cached(mlsae_home() / "geometry" / safe_name(self.model), "geometry", self.geometry_fields(), ResidualGeometry.load,
-                      lambda: residual_geometry(*self.lm, lambda: self.batches(self.eval_tokens), lens=self.prepare_lens(),
+                      lambda: residual_geometry(*self.load_lm(), lambda: self.batches(self.eval_tokens), lens=self.prepare_lens(),
                                                 progress=self.progress))
 
 

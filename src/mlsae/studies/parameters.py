@@ -15,8 +15,8 @@ def preset_settings(preset: str) -> dict:
     if preset not in NOTEBOOK_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(NOTEBOOK_PRESETS)}")
     settings = NOTEBOOK_PRESETS[preset]
-    train = TrainConfig(**TRAIN_PRESETS[settings["train"]])
-    return {**settings, "expansion_factor": train.expansion_factor, "seq_len": train.seq_len}
+    train = TrainConfig.from_dict(TRAIN_PRESETS[settings["train"]])
+    return {**settings, "expansion_factor": train.sae.expansion_factor, "seq_len": train.seq_len}
 
 
 def typed_parameter(name: str, value, kind: type):

@@ -62,7 +62,7 @@ def sweep(exp: Experiment, expansion_factors: list[int], ks: list[int], k_expans
         rows.append({
             "sweep": which, "R": r, "k": k, "n_latents": e.train().cfg.n_latents,
             "FVU": result.mean("fvu"), "delta CE": result.mean("delta_ce"), "L0": result.mean("l0"),
-            "dead fraction": result.dead_fraction, "mean std of p(l|j)": summary["mean_std_layer"],
+            "dead fraction": result.dead_fraction, "mean std of p(l|j)": summary.mean_std_layer,
             **headline_row(summary),
             "MMCS": mmcs(decoder_vectors(e.train()), device=e.device),
             "train seconds": e.train_summary().get("seconds", float("nan")),
@@ -78,9 +78,9 @@ def lens_comparison(exp: Experiment, models: list[str]) -> list[dict]:
     for e in experiments:
         s, r, g = e.distributions().summary(), e.evaluate(), e.geometry()
         rows.append({
-            "model": e.model, "tuned lens": e.tuned_lens, "layers": s["n_layers"], "FVU": r.mean("fvu"),
-            "delta CE": r.mean("delta_ce"), "E_j Var(L|j)": s["aggregate_var"], "E_tj Var(L|t,j)": s["token_var"],
-            **headline_row(s), "mean std of p(l|j)": s["mean_std_layer"],
+            "model": e.model, "tuned lens": e.tuned_lens, "layers": s.n_layers, "FVU": r.mean("fvu"),
+            "delta CE": r.mean("delta_ce"), "E_j Var(L|j)": s.aggregate_var, "E_tj Var(L|t,j)": s.token_var,
+            **headline_row(s), "mean std of p(l|j)": s.mean_std_layer,
             "mean adjacent cosine": float(g.cos_mean.mean()),
         })
     return rows
@@ -92,7 +92,7 @@ def single_layer_baselines(exp: Experiment) -> dict:
     Returns ``saes`` {layer: Experiment}, the matrices ``fvu`` and ``delta_ce`` [trained-on, evaluated-on]
     with the MLSAE as the last row, and the training seconds of each run.
     """
-    n_layers = exp.lm[0].config.num_hidden_layers
+    n_layers = exp.load_lm()[0].config.num_hidden_layers
     every = list(range(n_layers))
     singles = {l: exp.with_model(exp.model, layers=[l]) for l in every}
     train_together([exp, *singles.values()])
@@ -177,11 +177,11 @@ def family_table(exp: Experiment, families: dict[str, list[str]]) -> tuple[list[
             e = exp.with_model(m)
             s, g, r = e.distributions().summary(), e.geometry(), e.evaluate()
             geoms[f"{family}: {m}"] = g
-            rows.append({"family": family, "model": m, "n_layers": s["n_layers"], "d_model": int(e.lm[0].config.hidden_size),
-                         "params": sum(p.numel() for p in e.lm[0].parameters()),
-                         "aggregate_var": s["aggregate_var"], "token_var": s["token_var"],
+            rows.append({"family": family, "model": m, "n_layers": s.n_layers, "d_model": int(e.load_lm()[0].config.hidden_size),
+                         "params": sum(p.numel() for p in e.load_lm()[0].parameters()),
+                         "aggregate_var": s.aggregate_var, "token_var": s.token_var,
                          **headline_row(s),
-                         "mean_std_layer_over_n_layers": s["mean_std_layer_over_n_layers"],
+                         "mean_std_layer_over_n_layers": s.mean_std_layer_over_n_layers,
                          "adjacent_cos": float(g.cos_mean.mean()), "fvu": r.mean("fvu"),
                          "delta_ce": r.mean("delta_ce"), "clean_ce": r.clean_ce, "dead_fraction": r.dead_fraction})
     return rows, geoms

@@ -11,7 +11,7 @@ import torch
 
 from mlsae.core.paths import atomic_dir, load_result, save_result
 from mlsae.sae.model import MLSAE
-from mlsae.training.config import NOT_IN_WEIGHTS, TrainConfig
+from mlsae.training.config import NESTED, NOT_IN_WEIGHTS, TrainConfig
 
 
 def save_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, scaler, stream: dict, state: dict, cfg: TrainConfig) -> None:
@@ -55,9 +55,15 @@ def check_resume_config(ckpt_dir: Path, cfg: TrainConfig) -> None:
         saved = json.loads(path.read_text())
     except ValueError:
         raise ValueError(f"{path}: not valid JSON; delete {ckpt_dir} to start this run over") from None
-    now = cfg.to_dict()
-    changed = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
-               if k not in NOT_IN_WEIGHTS and saved.get(k, now[k]) != now[k]]
+    try:  # compared by flat names, so a change names the field (k, not sae)
+        before = TrainConfig.from_dict(saved).flat()
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: not a training config of this version of mlsae ({err}); delete {ckpt_dir} to "
+                         "start this run over") from None
+    stored = set(saved) | {k for name in NESTED if isinstance(saved.get(name), dict) for k in saved[name]}
+    now = cfg.flat()  # a field the checkpoint predates is not a change
+    changed = [f"{k}: checkpoint {before[k]!r}, now {now[k]!r}" for k in now
+               if k in stored and k not in NOT_IN_WEIGHTS and before[k] != now[k]]
     if changed:
         raise ValueError(f"cannot resume {ckpt_dir} with other settings ({'; '.join(changed)}): resume with the "
                          f"checkpoint's settings, or start over (--no-resume, or another --out)")

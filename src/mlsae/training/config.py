@@ -1,5 +1,11 @@
-"""What a training run is: :class:`TrainConfig` (every hyper-parameter, validated where it is defined),
-the presets it is built from, and which fields select the token stream (:data:`STREAM_FIELDS`)."""
+"""What a training run is: :class:`TrainConfig` (every hyper-parameter, validated where it is defined: the SAE's
+in :class:`mlsae.sae.config.SAEHyperparameters`, the lens's in :class:`mlsae.models.lens_training.LensSettings`,
+both nested here), the presets it is built from, and which fields select the token stream (:data:`STREAM_FIELDS`).
+
+The CLI, the presets and the notebooks name every field flat (``k``, ``tuned_lens``, ``max_tokens``):
+:meth:`TrainConfig.from_dict` routes such names to the nested record that defines them, and
+:meth:`TrainConfig.flat` gives them back, so a field is declared once and spelled one way everywhere.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,9 @@ import dataclasses
 import importlib.util
 import math
 import typing
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from simple_parsing.docstring import get_attribute_docstring
@@ -16,9 +23,10 @@ from simple_parsing.docstring import get_attribute_docstring
 from mlsae.core.cache import key
 from mlsae.core.paths import safe_name
 from mlsae.core.presets import TRAIN_PRESETS, default_data
+from mlsae.models.lens_training import LensSettings
 from mlsae.models.registry import model_context, resolve_model
 from mlsae.models.residuals import check_unique_layers
-from mlsae.sae.config import SPARSITY_DEFAULTS, SAEConfig, check_sparsity
+from mlsae.sae.config import SAEConfig, SAEHyperparameters, check_choices
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -32,16 +40,10 @@ NOT_IN_WEIGHTS = ("device", "checkpoint_every", "log_every", "preset", "tracker"
 class TrainConfig:
     """One MLSAE training run. Defaults are the paper's (PAPER.md §1); presets shrink them."""
 
-    # One comment per field: it is the field's --help in the CLI (generated from this class).
+    # One comment per field: it is the field's --help in the CLI (generated from this class and the nested ones).
     model: str = "pythia-70m"  # registry name (pythia-70m, zoo-m, ...), Hugging Face id or local folder
-    expansion_factor: int = 64  # R: the SAE has R x d_model latents
-    k: int = 32  # active latents per (token, layer) example (top-k)
-    # The sparsity fields are carried into SAEConfig (sae_config); their defaults and rules are defined there.
-    k_aux: int = SPARSITY_DEFAULTS["k_aux"]  # latents in the auxiliary loss that revives dead latents
-    auxk_coef: float = SPARSITY_DEFAULTS["auxk_coef"]  # weight of that auxiliary loss
-    dead_tokens: int = SPARSITY_DEFAULTS["dead_tokens"]  # a latent silent for this many tokens counts as dead
-    tuned_lens: bool = False  # train behind the tuned lens (and map reconstructions back)
-    lens_tokens: int = 400_000  # tokens a lens is trained on here, for a model without a pretrained lens
+    sae: SAEHyperparameters = field(default_factory=SAEHyperparameters)  # R, k, AuxK, dead latents, encoder init
+    lens: LensSettings = field(default_factory=LensSettings)  # whether to train behind the tuned lens
     layers: list[int] | None = None  # comma-separated, e.g. 3: a single-layer SAE; default every layer (the MLSAE)
     data: str = "monology/pile-uncopyrighted"  # 'offline', a local folder or file, or a Hugging Face data set
     seq_len: int = 2048  # tokens per sequence (at most the model's context)
@@ -56,18 +58,21 @@ class TrainConfig:
     checkpoint_every: int = 500  # optimiser steps between checkpoints (resume from the last)
     log_every: int = 10  # optimiser steps between lines of metrics.jsonl
     preset: str = "paper"  # the preset these values started from (paper | default | tiny)
-    # "unit": the paper's initialisation (unit-norm encoder rows, W_dec = W_enc^T). "fit": the same
-    # directions, then the encoder scaled on the first batch (MLSAE.fit_encoder_scale_), which short
-    # runs need (the offline presets use it; see mlsae.core.presets).
-    encoder_init: Literal["unit", "fit"] = "unit"  # unit: the paper's; fit: scaled on the first batch
     tracker: Literal["none", "wandb"] = "none"  # wandb: also log the metrics to Weights & Biases (WANDB_MODE=offline needs no network)
     deterministic: bool = False  # ask torch for deterministic algorithms (CUDA: repeatable runs, slower; CPU already is)
 
     def __post_init__(self):
-        if self.expansion_factor <= 0:
-            raise ValueError(f"expansion_factor must be positive, got {self.expansion_factor}")
-        check_sparsity(self.k, self.k_aux, self.auxk_coef, self.dead_tokens)
-        for name in ("seq_len", "batch_size", "grad_accum", "max_tokens", "checkpoint_every", "log_every", "lens_tokens"):
+        for name, kind in (("sae", SAEHyperparameters), ("lens", LensSettings)):
+            if not isinstance(getattr(self, name), kind):  # a dict from JSON: TrainConfig.from_dict routes it
+                raise ValueError(f"TrainConfig.{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}; "
+                                 "build the config with TrainConfig.from_dict(...) or config_from_preset(...)")
+        for name in ("seq_len", "batch_size", "grad_accum", "max_tokens", "checkpoint_every", "log_every", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed} (torch seeds are unsigned)")
+        for name in ("seq_len", "batch_size", "grad_accum", "max_tokens", "checkpoint_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_tokens < self.tokens_per_step:  # one step is the least a run trains: never exceed a budget silently
@@ -75,9 +80,7 @@ class TrainConfig:
                 f"max_tokens={self.max_tokens:,} is less than one training step ({self.batch_size} sequences x "
                 f"{self.seq_len} positions x grad_accum {self.grad_accum} = {self.tokens_per_step:,} tokens); lower "
                 f"batch_size or seq_len (e.g. --batch-size 8 --seq-len 256: 2,048-token steps) or raise max_tokens")
-        for name, options in self.choices().items():  # every Literal field, checked by one rule
-            if getattr(self, name) not in options:
-                raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {getattr(self, name)!r}")
+        check_choices(self)  # every Literal field, by one rule
         if self.autocast == "fp16" and not self.device.startswith("cuda"):
             raise ValueError("autocast='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
         for name in ("lr", "adam_eps"):
@@ -90,6 +93,10 @@ class TrainConfig:
                                  "(or use tracker='none'; metrics.jsonl is written either way)")
         if self.layers is not None:
             check_unique_layers(self.layers)
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device {self.device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from None
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} but no CUDA device is available here; use device 'cpu' "
                              f"(--device cpu)")
@@ -102,32 +109,64 @@ class TrainConfig:
     def total_steps(self) -> int:
         return max(1, self.max_tokens // self.tokens_per_step)
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """A config from flat field names (``k=4, tuned_lens=True``: the CLI's, the presets', a notebook's) or from
+        :meth:`to_dict`'s nested form; an unknown name fails with the names there are."""
+        top: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {name: {} for name in NESTED}
+        for name, value in values.items():
+            if name in NESTED:
+                given = value if isinstance(value, Mapping) else dataclasses.asdict(value)
+                nested[name].update(given)
+            elif name in _OWNER:
+                nested[_OWNER[name]][name] = value
+            elif name in _TOP:
+                top[name] = value
+            else:
+                raise ValueError(f"unknown training setting {name!r}; the settings are: {', '.join(flat_fields())}")
+        for name, kind in NESTED.items():
+            unknown = set(nested[name]) - {f.name for f in dataclasses.fields(kind)}
+            if unknown:
+                raise ValueError(f"unknown {name} setting(s) {sorted(unknown)} for {kind.__name__}")
+        return cls(**top, sae=SAEHyperparameters(**nested["sae"]), lens=LensSettings(**nested["lens"]))
+
     def to_dict(self) -> dict:
+        """The nested record (``{"sae": {...}, "lens": {...}, ...}``) that checkpoints and provenance store."""
         return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Every field by its flat name, one level (what :meth:`from_dict` takes and the cache key hashes)."""
+        values = dataclasses.asdict(self)
+        for name in NESTED:
+            values.update(values.pop(name))
+        return {name: values[name] for name in flat_fields()}
+
+    def replace(self, **changes) -> TrainConfig:
+        """This config with some flat fields changed, validated afresh."""
+        return TrainConfig.from_dict({**self.flat(), **changes})
 
     @classmethod
     def choices(cls) -> dict[str, tuple]:
         """The fields whose type is a ``Literal``, with their allowed values (validation and the CLI's choices)."""
-        hints = typing.get_type_hints(cls)
-        return {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(cls)
-                if typing.get_origin(hints[f.name]) is Literal}
+        return {name: typing.get_args(kind) for name, (owner, kind) in flat_fields().items()
+                if typing.get_origin(kind) is Literal}
 
     @classmethod
     def field_help(cls) -> dict[str, str]:
         """Each field's trailing comment, read by simple-parsing as sparsify's and tuned-lens's CLIs read theirs:
-        the CLI's --help, written once, beside the field."""
-        found = {f.name: get_attribute_docstring(cls, f.name).comment_inline for f in dataclasses.fields(cls)}
+        the CLI's --help, written once, beside the field (in this class or the nested one that defines it)."""
+        found = {name: get_attribute_docstring(owner, name).comment_inline for name, (owner, _) in flat_fields().items()}
         return {name: text.strip() for name, text in found.items() if text}
 
     def sae_config(self, d_model: int, layers: list[int]) -> SAEConfig:
         """The SAE's own configuration: this run's SAE fields, for a model of width ``d_model``."""
-        return SAEConfig.from_expansion_factor(d_model, self.expansion_factor, self.k, k_aux=self.k_aux,
-                                               auxk_coef=self.auxk_coef, dead_tokens=self.dead_tokens, layers=layers)
+        return self.sae.sae_config(d_model, layers)
 
     def lens_kwargs(self) -> dict:
         """What selects the tuned lens (:func:`mlsae.models.lens_training.residual_lens_for`): the one definition that
         training and every evaluation of this SAE share, so they can never map into different bases."""
-        return dict(data=self.data, seed=self.seed, train_tokens=self.lens_tokens)
+        return dict(data=self.data, seed=self.seed, train_tokens=self.lens.lens_tokens)
 
     def cache_key(self, identity: dict) -> str:
         """A readable, stable name for this configuration's SAE in the shared cache: a pure function of the
@@ -138,18 +177,41 @@ class TrainConfig:
         identity of the model's weights and of the text, not just their names; ``device``, logging and
         checkpoint cadence are not.
         """
-        d = self.to_dict()
+        d = self.flat()  # flat, as before the nesting: the same settings keep the same key
         for name in NOT_IN_WEIGHTS:
             d.pop(name)
-        if not self.tuned_lens:
+        if not self.lens.tuned_lens:
             d.pop("lens_tokens")
         elif identity.get("lens_identity") is not None:  # the pretrained lens, not a budget
             d.pop("lens_tokens")
             d["lens_identity"] = identity["lens_identity"]
         d.update(model_identity=identity["model_identity"], data_identity=identity["data_identity"])
         where = "all" if self.layers is None else "L" + "-".join(map(str, self.layers))
-        lens = "-lens" if self.tuned_lens else ""
-        return f"{safe_name(self.model)}-x{self.expansion_factor}-k{self.k}-{where}{lens}-{key('sae', d)}"
+        lens = "-lens" if self.lens.tuned_lens else ""
+        return f"{safe_name(self.model)}-x{self.sae.expansion_factor}-k{self.sae.k}-{where}{lens}-{key('sae', d)}"
+
+
+# The nested records and which flat names each defines.
+NESTED: dict[str, type] = {"sae": SAEHyperparameters, "lens": LensSettings}
+_OWNER = {f.name: name for name, kind in NESTED.items() for f in dataclasses.fields(kind)}
+_TOP = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in NESTED)
+
+
+def flat_fields() -> dict[str, tuple[type, Any]]:
+    """Every flat field name, in declaration order, with the class that declares it and its type."""
+    found: dict[str, tuple[type, Any]] = {}
+    for f in dataclasses.fields(TrainConfig):
+        owner = NESTED.get(f.name, TrainConfig)
+        hints = typing.get_type_hints(owner)
+        for g in dataclasses.fields(owner) if owner is not TrainConfig else [f]:
+            found[g.name] = (owner, hints[g.name])
+    return found
+
+
+def field_default(name: str) -> Any:
+    """The declared default of a flat field (the CLI's help shows it)."""
+    owner = flat_fields()[name][0]
+    return next(f.default for f in dataclasses.fields(owner) if f.name == name)
 
 
 def config_from_preset(preset: str = "default", **overrides) -> TrainConfig:
@@ -168,8 +230,8 @@ def config_from_preset(preset: str = "default", **overrides) -> TrainConfig:
     if "seq_len" not in overrides and "model" in overrides:
         context = model_context(overrides["model"])
         if context is not None:
-            values["seq_len"] = min(values.get("seq_len", TrainConfig.seq_len), context)
-    return TrainConfig(**values)
+            values["seq_len"] = min(values.get("seq_len", field_default("seq_len")), context)
+    return TrainConfig.from_dict(values)
 
 
 # Fields that must agree for SAEs to share one pass of the language model over one token stream.

@@ -12,8 +12,8 @@ from mlsae.training.config import TrainConfig
 
 def identify(cfg: TrainConfig) -> dict:
     """``{"model_identity", "data_identity", "lens_identity"}`` of ``cfg``'s inputs (the lens: the pretrained one's
-    identity when ``cfg.tuned_lens`` and one is on this machine, else None)."""
-    lens = pretrained_lens_identity(cfg.model) if cfg.tuned_lens else None
+    identity when ``cfg.lens.tuned_lens`` and one is on this machine, else None)."""
+    lens = pretrained_lens_identity(cfg.model) if cfg.lens.tuned_lens else None
     return {"model_identity": model_identity(cfg.model), "data_identity": data_identity(cfg.data),
             "lens_identity": lens}
 

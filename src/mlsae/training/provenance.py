@@ -16,7 +16,8 @@ def provenance(cfg: TrainConfig, identity: dict, steps: int, tokens: int, metric
     last = metrics[-1] if metrics else {}
     return {
         "model": cfg.model, "model_identity": identity["model_identity"], "layers": cfg.layers,
-        "tuned_lens": cfg.tuned_lens, "lens": lens_record(cfg.model, **cfg.lens_kwargs()) if cfg.tuned_lens else None,
+        "tuned_lens": cfg.lens.tuned_lens,
+        "lens": lens_record(cfg.model, **cfg.lens_kwargs()) if cfg.lens.tuned_lens else None,
         "data": cfg.data, "data_identity": identity["data_identity"], "split": "train", "preset": cfg.preset,
         "steps": steps, "tokens": tokens, "seq_len": cfg.seq_len, "seed": cfg.seed, "processes": processes,
         "metrics": {k: last[k] for k in ("loss", "fvu", "dead_fraction") if k in last},

@@ -79,7 +79,7 @@ def train_parallel(cfg: TrainConfig, nproc_per_node: int, out_dir: Path | None =
 
 def _train_in_process(cfg: dict, out_dir: str, resume: bool) -> None:
     """What each process started by :func:`train_parallel` runs."""
-    config = TrainConfig(**cfg)
+    config = TrainConfig.from_dict(cfg)
     with distributed.process_group(config.device):
         train(config, Path(out_dir), resume=resume, progress=False)
 
@@ -126,7 +126,7 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, r
         dataset = load_text(cfg0.data, split="train", streaming=True)  # an empty or missing data set fails here
         lenses = {}
         for c in cfgs:
-            if c.tuned_lens and json.dumps(c.lens_kwargs()) not in lenses:
+            if c.lens.tuned_lens and json.dumps(c.lens_kwargs()) not in lenses:
                 lenses[json.dumps(c.lens_kwargs())] = residual_lens_for(c.model, model, tokenizer, **c.lens_kwargs(),
                                                                        progress=progress)
     # validated for every SAE before any folder is written
@@ -161,7 +161,7 @@ def _take(lock, out_dir: Path):
 def _train_locked(cfgs, identities, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress,
                   group: distributed.Group) -> list[TrainResult]:
     cfg0 = cfgs[0]
-    runs = [_Run(c, i, d, sc, lenses[json.dumps(c.lens_kwargs())] if c.tuned_lens else IDENTITY, resume, group)
+    runs = [_Run(c, i, d, sc, lenses[json.dumps(c.lens_kwargs())] if c.lens.tuned_lens else IDENTITY, resume, group)
             for c, i, d, sc in zip(cfgs, identities, out_dirs, sae_cfgs, strict=True)]
     if len({(r.step, json.dumps(r.stream_state, sort_keys=True)) for r in runs}) > 1:
         # resumed from different checkpoints: no shared stream position
@@ -274,7 +274,7 @@ class _Run:
         if self.step == 0 and self.stats.n == 0:  # a fresh run: b_pre (and the encoder scale) from the first batch
             first = self.group.gather(x)  # [layer, every rank's tokens, d]: the global batch
             sae.init_b_pre_(first.flatten(0, 1))
-            if cfg.encoder_init == "fit":
+            if cfg.sae.encoder_init == "fit":
                 sae.fit_encoder_scale_(first.flatten(0, 1))
             self.group.broadcast_(sae.state_dict().values())
         with torch.autocast(x.device.type, dtype=DTYPES[cfg.autocast], enabled=cfg.autocast != "fp32"):
