@@ -110,7 +110,8 @@ def _train(args) -> int:
         if group.main:
             last = result.metrics[-1] if result.metrics else {}
             print(json.dumps({"out": str(result.out_dir), "data": cfg.data, "steps": result.steps, "tokens": result.tokens,
-                              "seconds": round(result.seconds, 1), "fvu": last.get("fvu"), "processes": group.world}))
+                              "seconds": round(result.seconds, 1), "fvu": last.get("fvu"), "processes": group.world,
+                              "data_exhausted": result.data_exhausted}))
     return 0
 
 
@@ -123,7 +124,7 @@ def _eval(args) -> int:
     from mlsae.models.registry import load_model
     from mlsae.sae.io import read_provenance, sae_folder
     from mlsae.sae.model import MLSAE
-    from mlsae.studies.experiment import lens_of_sae, model_of_sae
+    from mlsae.studies.experiment import check_model_of_sae, lens_of_sae, model_of_sae
 
     if (args.run is None) == (args.sae is None):
         raise ValueError("give the run folder (mlsae eval RUN_DIR) or --sae FOLDER, one of the two")
@@ -132,6 +133,7 @@ def _eval(args) -> int:
     sae = MLSAE.from_pretrained(folder).to(args.device)  # a missing or torn SAE fails before the model loads
     saved = read_provenance(folder)
     model_name = args.model or model_of_sae(where, folder, flag="--model")
+    check_model_of_sae(str(where), folder, model_name, flag="--model")  # never another model's weights, silently
     if saved.get("train_config"):
         cfg = TrainConfig.from_dict({**saved["train_config"], "model": model_name, "device": "cpu",
                                      **({"data": args.data} if args.data else {})})

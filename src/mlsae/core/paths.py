@@ -6,6 +6,7 @@ Everything lives under one root so that a user can relocate or wipe it in one pl
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 from filelock import FileLock
 from safetensors import safe_open
@@ -41,6 +43,53 @@ def mlsae_home() -> Path:
     return Path(os.environ.get("MLSAE_HOME", Path.home() / ".cache" / "mlsae")).expanduser()
 
 
+def _where(path: Path) -> str:
+    """Which setting chose the folder ``path`` is in, and so how a user moves it."""
+    resolved = Path(path).resolve()
+    for root, how in ((mlsae_home(), "point $MLSAE_HOME at another disk"),
+                      (Path(os.environ.get("MLSAE_FIGURES", "/nonexistent")), "point $MLSAE_FIGURES elsewhere")):
+        if resolved.is_relative_to(root.resolve()):
+            return how
+    return "write somewhere else (for training runs: --out)"
+
+
+_DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "this user may not write there",
+                errno.EPERM: "this user may not write there"}
+
+
+def disk_error(err: OSError, path: Path) -> OSError:
+    """``err`` from writing ``path``, reworded to name the folder and the fix (a bare ``[Errno 28]`` says neither);
+    other errors unchanged."""
+    why = _DISK_ERRORS.get(err.errno or 0)
+    if why is None:
+        return err
+    fix = "free some space there, or " if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return OSError(err.errno, f"cannot write {path}: {why} ({err.strerror}); {fix}{_where(path)}. "
+                              "Nothing already written was changed")
+
+
+def _reraise(err: OSError, path: Path) -> NoReturn:
+    reworded = disk_error(err, path)
+    if reworded is err:
+        raise err
+    raise reworded from err
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Whether ``path`` (existing or to be made) can be written, checked before any work: a ValueError naming it
+    (``what`` says which setting gave it) when its nearest existing folder is not writable."""
+    path = Path(path).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        raise ValueError(f"{what} {path} cannot be made: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path} cannot be written: {existing} is not writable for this user; "
+                         f"{_where(path)}")
+
+
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it into place on success.
@@ -49,8 +98,11 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     replaced only once the new one is complete.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    except OSError as err:
+        _reraise(err, final)
     try:
         yield tmp
         share_permissions(tmp)
@@ -61,6 +113,9 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             _rmtree(old)
         else:
             os.replace(tmp, final)
+    except OSError as err:
+        _rmtree(tmp)
+        _reraise(err, final)
     except BaseException:
         _rmtree(tmp)
         raise
@@ -75,8 +130,11 @@ def safe_name(name: str) -> str:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and rename, so readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as err:
+        _reraise(err, path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -84,6 +142,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); results are shared like the zoo
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        _reraise(err, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -23,6 +23,7 @@ use and the command that fetches the model on a machine with network.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -176,11 +177,31 @@ def list_models() -> list[dict]:
 
 
 def _unknown(name: str, why: str) -> ValueError:
-    names = ", ".join([*REGISTRY, *_zoo_names()])
+    known = [*REGISTRY, *_zoo_names()]
+    close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
     return ValueError(
-        f"unknown model {name!r}: {why}. Use a registry name ({names}), a Hugging Face id such as "
+        f"unknown model {name!r}: {why}. {hint}Use a registry name (python -c 'import mlsae; print(mlsae.list_models())' "
+        f"lists them: pythia-70m ... pythia-12b, gpt2, zoo-s ... zoo-xl, ...), a Hugging Face id such as "
         f"'EleutherAI/pythia-70m-deduped', or a local directory written by save_pretrained."
     )
+
+
+def canonical_model_name(name: str) -> str:
+    """The name a run records for ``name``: a local folder as its absolute path (``./model`` means another
+    folder from another directory), anything else as given. Unknown names fail here (:func:`resolve_model`)."""
+    src = resolve_model(name)
+    return src.repo_id_or_path if src.kind == "local" else str(name).strip()
+
+
+def check_device(device: str) -> None:
+    """``device`` names a torch device this machine has; else a ValueError saying what to pass."""
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} but no CUDA device is available here; use device 'cpu' (--device cpu)")
 
 
 def resolve_model(name: str) -> ModelSource:

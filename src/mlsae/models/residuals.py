@@ -143,9 +143,9 @@ def max_positions(model: nn.Module) -> int | None:
     return None
 
 
-def check_seq_len(seq_len: int, model: nn.Module, name: str) -> None:
-    """A clear error, before any work, for sequences longer than the model's context."""
-    limit = max_positions(model)
+def check_seq_len(seq_len: int, limit: int | None, name: str) -> None:
+    """A clear error, before any work, for sequences longer than the model's context of ``limit`` positions
+    (:func:`max_positions` of a loaded model, or the registry's ``model_context``; None: unknown)."""
     if limit is not None and seq_len > limit:
         raise ValueError(f"seq_len {seq_len} is longer than {name}'s context of {limit} positions; "
                          f"use seq_len {limit} or less (--seq-len {limit})")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 WEIGHTS_FILE, CONFIG_FILE, PROVENANCE_FILE = "model.safetensors", "config.json", "provenance.json"
-FORMAT = "mlsae"
+FORMAT, FORMAT_VERSION = "mlsae", 1  # what save_pretrained writes into config.json; read_sae refuses others
 # The released MLSAEs (tim-lawson/mlsae) count dead latents in optimiser steps of 64 x 2048 tokens,
 # and advance ``last_nonzero`` once per forward pass over one 2048-token sequence.
 PAPER_TOKENS_PER_STEP, PAPER_TOKENS_PER_FORWARD = 64 * 2048, 2048
@@ -70,6 +70,9 @@ class SAEConfig:
         check_sparsity(self.k, self.k_aux, self.auxk_coef, self.dead_tokens)
         if self.k > self.n_latents:
             raise ValueError(f"k={self.k} must be in 1..n_latents={self.n_latents}: pick e.g. k=32")
+        if self.k_aux > self.n_latents:
+            raise ValueError(f"k_aux={self.k_aux} exceeds n_latents={self.n_latents}: AuxK picks k_aux of the latents; "
+                             f"use k_aux <= {self.n_latents} (the paper's 256 needs at least 256 latents)")
         if self.layers is not None:
             self.layers = [int(layer) for layer in self.layers]
 

@@ -9,6 +9,7 @@ import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
@@ -18,6 +19,7 @@ from mlsae.core.paths import atomic_dir
 from mlsae.sae.config import (
     CONFIG_FILE,
     FORMAT,
+    FORMAT_VERSION,
     PAPER_TOKENS_PER_FORWARD,
     PAPER_TOKENS_PER_STEP,
     PROVENANCE_FILE,
@@ -30,7 +32,7 @@ def write_sae(path: str | Path, cfg: SAEConfig, tensors: dict[str, Tensor], prov
     """``model.safetensors`` + ``config.json`` (and with ``provenance``, ``provenance.json`` and a model card)
     written into the folder ``path`` atomically."""
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-    config = {"format": FORMAT, "format_version": 1, **asdict(cfg)}
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(cfg)}
     with atomic_dir(Path(path)) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
@@ -95,7 +97,18 @@ def read_sae(path: str | Path, tokens_per_step: int = PAPER_TOKENS_PER_STEP,
         unknown = set(raw) - known - {"format", "format_version"}
         if unknown:
             raise ValueError(f"{config_path}: unknown config keys {sorted(unknown)}")
-        cfg = SAEConfig(**{key: raw[key] for key in raw if key in known})
+        if raw.get("format", FORMAT) != FORMAT or raw.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise ValueError(f"{config_path}: format {raw.get('format')!r} version {raw.get('format_version')!r}; this "
+                             f"mlsae ({FORMAT!r} version {FORMAT_VERSION}) reads only its own: a newer file needs a newer "
+                             "mlsae (pip install -U), an older one is not read (train it again)")
+        extra = sorted(set(shapes) - {"W_enc", "W_dec", "b_pre", "tokens_since_fired"})
+        if extra:
+            raise ValueError(f"{weights_path}: tensors this format does not have: {extra[:8]}; not an MLSAE written "
+                             "by save_pretrained (for a released layout, its config.json says which)")
+        try:
+            cfg = SAEConfig(**{key: raw[key] for key in raw if key in known})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{config_path}: {err}") from None
         names = {"W_enc": "W_enc", "W_dec": "W_dec", "b_pre": "b_pre"}
         fired = tensors.get("tokens_since_fired")
     where = f"{weights_path} (tensors autoencoder.*)" if layout == "tfm" else str(weights_path)
@@ -110,6 +123,9 @@ def read_sae(path: str | Path, tokens_per_step: int = PAPER_TOKENS_PER_STEP,
                 f"{where}: {key!r} has shape {tuple(tensors[key].shape)}, expected {shapes_wanted[attr]} "
                 f"from {config_path} (d_model={d}, n_latents={m})"
             )
+        if not torch.isfinite(tensors[key]).all():
+            raise ValueError(f"{where}: {key!r} holds NaN or infinite values (a diverged run); this SAE cannot be "
+                             "used: train it again (e.g. with a lower lr)")
         out[attr] = tensors[key]
     if fired is not None:
         if tuple(fired.shape) != (m,):

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from mlsae.analysis.distributions import (
@@ -40,6 +39,8 @@ from mlsae.models.lens import IDENTITY, IdentityLens, ResidualLens
 from mlsae.models.lens_training import lens_fields, residual_lens_for
 from mlsae.models.registry import (
     REGISTRY,
+    canonical_model_name,
+    check_device,
     is_available,
     load_model,
     model_context,
@@ -70,6 +71,23 @@ def model_of_sae(source: str, folder: Path, flag: str = "-p model") -> str:
         raise ValueError(f"{source} does not say which model it was trained on (no provenance.json, no registry "
                          f"model in its name); pass {flag} NAME")
     return max(named, key=lambda n: len(REGISTRY[n].repo_id))  # pythia-1.4b-deduped, not pythia-1b...
+
+
+def check_model_of_sae(source: str, folder: Path, model_name: str, flag: str = "-p model") -> None:
+    """Refuse to analyse a trained SAE with other weights than it was trained on: ``model_name``'s identity
+    (:func:`mlsae.models.registry.model_identity`) against the one its provenance recorded. A model not on this
+    machine is left to fail when it is loaded, with what to fetch."""
+    recorded = read_provenance(folder).get("model_identity")
+    if recorded is None:  # a released SAE, or one without provenance: nothing to compare
+        return
+    now = model_identity(model_name)
+    if now.endswith("@uncached"):
+        return
+    if now != recorded:
+        trained_on = read_provenance(folder).get("model")
+        raise ValueError(f"{source} was trained on {trained_on} with weights {recorded}, but {model_name} here has "
+                         f"weights {now}: evaluating it there would measure another model. Pass the model it was "
+                         f"trained on ({flag} ...), or train an SAE for this one")
 
 
 def lens_of_sae(source: str, folder: Path) -> bool:
@@ -130,6 +148,7 @@ class Experiment:
         if pretrained_sae is not None:  # its shape, and its model when not given, before any work
             self._sae_folder = sae_folder(typed_parameter("pretrained_sae", pretrained_sae, str))
             model = model or model_of_sae(pretrained_sae, self._sae_folder)
+            check_model_of_sae(pretrained_sae, self._sae_folder, model)
             sae_d_model, n_latents, k = sae_shape(self._sae_folder)
             if n_latents % sae_d_model:
                 raise ValueError(f"{pretrained_sae}: {n_latents} latents is not a multiple of d_model {sae_d_model}")
@@ -139,7 +158,7 @@ class Experiment:
                 raise ValueError(f"{pretrained_sae} was trained on the plain residual stream, not through a "
                                  "tuned lens; drop tuned_lens=True")
             tuned_lens = sae_lens  # analysed as it was trained
-        self.model: str = typed_parameter("model", model if model is not None else p["model"], str)
+        self.model: str = canonical_model_name(typed_parameter("model", model if model is not None else p["model"], str))
         ef = p["expansion_factor"] if expansion_factor is None else expansion_factor
         self.expansion_factor: int = typed_parameter("expansion_factor", ef, int)
         self.k: int = typed_parameter("k", k, int)
@@ -179,8 +198,7 @@ class Experiment:
                 raise ValueError(f"layers {self.layers} out of range for {self.model} with {n_layers} layers")
         if self.layers is not None:
             check_unique_layers(self.layers)
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device!r} but no CUDA device is available; use device='cpu'")
+        check_device(self.device)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.PARAMETERS)

@@ -47,26 +47,36 @@ def _load_optimizer(path: Path) -> dict:
     return {"state": state, "param_groups": groups}
 
 
+# The one fix for a checkpoint that cannot be resumed (the folder's other files are rewritten by the new run).
+START_OVER = "start this run over: --no-resume (CLI) or resume=False (Python), or train into another folder (--out)"
+
+
 def check_resume_config(ckpt_dir: Path, cfg: TrainConfig) -> None:
     """Refuse to resume a checkpoint under other hyper-parameters (the checkpoint's would silently win)."""
-    path = ckpt_dir / "train_config.json"
     _require_checkpoint_files(ckpt_dir)
-    try:
-        saved = json.loads(path.read_text())
-    except ValueError:
-        raise ValueError(f"{path}: not valid JSON; delete {ckpt_dir} to start this run over") from None
-    try:  # compared by flat names, so a change names the field (k, not sae)
-        before = TrainConfig.from_dict(saved).flat()
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{path}: not a training config of this version of mlsae ({err}); delete {ckpt_dir} to "
-                         "start this run over") from None
-    stored = set(saved) | {k for name in NESTED if isinstance(saved.get(name), dict) for k in saved[name]}
-    now = cfg.flat()  # a field the checkpoint predates is not a change
-    changed = [f"{k}: checkpoint {before[k]!r}, now {now[k]!r}" for k in now
-               if k in stored and k not in NOT_IN_WEIGHTS and before[k] != now[k]]
+    changed = changed_settings(ckpt_dir / "train_config.json", cfg)
     if changed:
         raise ValueError(f"cannot resume {ckpt_dir} with other settings ({'; '.join(changed)}): resume with the "
                          f"checkpoint's settings, or start over (--no-resume, or another --out)")
+
+
+def changed_settings(path: Path, cfg: TrainConfig) -> list[str]:
+    """The settings that change the weights (not :data:`NOT_IN_WEIGHTS`) in which the run whose ``train_config.json``
+    is ``path`` differs from ``cfg``, as ``"name: checkpoint X, now Y"``."""
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError:
+        raise ValueError(f"{path}: not valid JSON; {START_OVER}") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: not a training config of this version of mlsae; {START_OVER}")
+    # compared by flat names (so a change names the field: k, not sae), as stored: not re-validated here, where the
+    # saved device or tracker need not exist
+    before = {k: v for k, v in saved.items() if k not in NESTED}
+    for name in NESTED:
+        before.update(saved.get(name) or {})
+    now = cfg.flat()  # a field the checkpoint predates is not a change
+    return [f"{k}: checkpoint {before[k]!r}, now {now[k]!r}" for k in now
+            if k in before and k not in NOT_IN_WEIGHTS and before[k] != now[k]]
 
 
 CHECKPOINT_FILES = ("sae/config.json", "sae/model.safetensors", "optimizer.safetensors", "stream.safetensors",
@@ -77,22 +87,24 @@ def _require_checkpoint_files(ckpt_dir: Path) -> None:
     missing = [name for name in CHECKPOINT_FILES if not (ckpt_dir / name).is_file()]
     if missing:
         raise ValueError(f"{ckpt_dir}: not a complete checkpoint of this version of mlsae (missing "
-                         f"{', '.join(missing)}); delete it to start this run over (--no-resume)")
+                         f"{', '.join(missing)}); {START_OVER}")
 
 
 def load_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, scaler) -> tuple[int, int, float, dict]:
     """Restore ``sae``, ``opt`` and ``scaler`` in place; returns step, tokens, seconds and the stream position."""
     _require_checkpoint_files(ckpt_dir)
-    saved = MLSAE.from_pretrained(ckpt_dir / "sae")  # a torn model.safetensors is a clear ValueError there
+    try:
+        saved = MLSAE.from_pretrained(ckpt_dir / "sae")
+    except (ValueError, OSError) as err:  # a torn model.safetensors or config.json
+        raise _torn(ckpt_dir / "sae", ckpt_dir, err) from None
     if saved.cfg != sae.cfg:
-        raise ValueError(f"checkpoint at {ckpt_dir} was written for a different SAE configuration; delete it or change out_dir")
+        raise ValueError(f"checkpoint at {ckpt_dir} was written for a different SAE configuration; {START_OVER}")
     sae.load_state_dict(saved.state_dict())
     path = ckpt_dir / "optimizer.safetensors"
     try:
         state = _load_optimizer(path)
     except Exception as err:  # a torn file, or anything that is not a plain state dict
-        raise ValueError(f"{path}: cannot be read ({type(err).__name__}: {str(err)[:200]}); the checkpoint is "
-                         f"incomplete. Delete {ckpt_dir} to start this run over (--no-resume)") from None
+        raise _torn(path, ckpt_dir, err) from None
     opt.load_state_dict(state)  # moves the state to the parameters' device
     state = json.loads((ckpt_dir / "state.json").read_text())
     if scaler is not None and state.get("scaler"):
@@ -100,10 +112,17 @@ def load_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, scaler) -> tuple[int, int, 
     try:
         tensors, meta = load_result(ckpt_dir / "stream.safetensors")
     except Exception as err:
-        raise ValueError(f"{ckpt_dir / 'stream.safetensors'}: cannot be read ({type(err).__name__}); the checkpoint "
-                         f"is incomplete. Delete {ckpt_dir} to start this run over (--no-resume)") from None
+        raise _torn(ckpt_dir / "stream.safetensors", ckpt_dir, err) from None
     stream = {**meta, "carry": tensors["carry"].tolist()}
     return state["step"], state["tokens"], state["seconds"], stream
+
+
+def _torn(path: Path, ckpt_dir: Path, err: Exception) -> ValueError:
+    """One message for every unreadable checkpoint file: what failed (the reason's first line, whole) and the one
+    fix, starting the run over (``--no-resume`` in the CLI, ``resume=False`` in Python; nothing else is lost)."""
+    reason = (str(err).strip().splitlines() or [""])[0].split("; ")[0]  # what failed, not the reader's own advice
+    return ValueError(f"{path}: cannot be read ({type(err).__name__}: {reason}), so the checkpoint at {ckpt_dir} is "
+                      f"incomplete; {START_OVER}")
 
 
 def read_jsonl(path: Path) -> list[dict]:

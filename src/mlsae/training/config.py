@@ -24,8 +24,8 @@ from mlsae.core.cache import key
 from mlsae.core.paths import safe_name
 from mlsae.core.presets import TRAIN_PRESETS, default_data
 from mlsae.models.lens_training import LensSettings
-from mlsae.models.registry import model_context, resolve_model
-from mlsae.models.residuals import check_unique_layers
+from mlsae.models.registry import canonical_model_name, check_device, model_context, resolve_model
+from mlsae.models.residuals import check_seq_len, check_unique_layers
 from mlsae.sae.config import SAEConfig, SAEHyperparameters, check_choices
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -93,13 +93,8 @@ class TrainConfig:
                                  "(or use tracker='none'; metrics.jsonl is written either way)")
         if self.layers is not None:
             check_unique_layers(self.layers)
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device {self.device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from None
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} but no CUDA device is available here; use device 'cpu' "
-                             f"(--device cpu)")
+        check_device(self.device)
+        self.model = canonical_model_name(self.model)  # a local folder by its absolute path; unknown names fail here
 
     @property
     def tokens_per_step(self) -> int:
@@ -219,17 +214,19 @@ def config_from_preset(preset: str = "default", **overrides) -> TrainConfig:
 
     Without ``data`` the model's own text (:func:`mlsae.core.presets.default_data`: the Pile for a hub model
     under every preset). A preset's ``seq_len`` longer than the model's context (GPT-2: 1024 positions, the ``paper``
-    preset: 2048) is shortened to the context; an explicit ``seq_len`` is kept (and checked by
-    :func:`train_many` against the loaded model).
+    preset: 2048) is shortened to the context; an explicit ``seq_len`` is kept, and refused here when the registry
+    knows the context is shorter (else :func:`train_many` checks it against the loaded model).
     """
     if preset not in TRAIN_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
     values = {**TRAIN_PRESETS[preset], "preset": preset, **overrides}
     if overrides.get("data") is None and "model" in overrides:
         values["data"] = default_data(overrides["model"], resolve_model(overrides["model"]).kind)
-    if "seq_len" not in overrides and "model" in overrides:
+    if "model" in overrides:
         context = model_context(overrides["model"])
-        if context is not None:
+        if "seq_len" in overrides:  # said at once, before the budget is checked against it
+            check_seq_len(overrides["seq_len"], context, overrides["model"])
+        elif context is not None:
             values["seq_len"] = min(values.get("seq_len", field_default("seq_len")), context)
     return TrainConfig.from_dict(values)
 

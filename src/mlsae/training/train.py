@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,20 +30,26 @@ import torch
 from filelock import Timeout
 from torch import Tensor
 
-from mlsae.core.paths import atomic_write_text, mlsae_home, run_lock
+from mlsae.core.paths import atomic_write_text, check_writable, mlsae_home, run_lock
 from mlsae.core.progress import bar as progress_bar
 from mlsae.core.seeding import seed_everything
 from mlsae.data.sources import load_text
 from mlsae.data.tokens import token_batches
 from mlsae.models.lens import IDENTITY
 from mlsae.models.lens_training import residual_lens_for
-from mlsae.models.registry import load_model
-from mlsae.models.residuals import check_layers, check_seq_len, residual_batches
+from mlsae.models.registry import load_model, model_context, model_shape
+from mlsae.models.residuals import check_layers, check_seq_len, max_positions, residual_batches
 from mlsae.sae.config import CONFIG_FILE, SAEConfig
 from mlsae.sae.model import MLSAE
 from mlsae.sae.pipeline import sae_inputs
 from mlsae.training import distributed
-from mlsae.training.checkpoint import check_resume_config, load_checkpoint, read_jsonl, save_checkpoint
+from mlsae.training.checkpoint import (
+    changed_settings,
+    check_resume_config,
+    load_checkpoint,
+    read_jsonl,
+    save_checkpoint,
+)
 from mlsae.training.config import DTYPES, STREAM_FIELDS, TrainConfig
 from mlsae.training.identity import identify, sae_key
 from mlsae.training.provenance import provenance
@@ -57,6 +64,7 @@ class TrainResult:
     tokens: int
     seconds: float
     metrics: list[dict]
+    data_exhausted: bool = False  # the text ran out before the budget (max_tokens): fewer steps than asked
 
 
 def train(cfg: TrainConfig, out_dir: Path | None = None, *, resume: bool = True, progress: bool = True) -> TrainResult:
@@ -115,15 +123,35 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, r
                 else [mlsae_home() / "saes" / c.cache_key(i) for c, i in zip(cfgs, identities, strict=True)])
     if len(out_dirs) != len(cfgs) or len(set(out_dirs)) != len(out_dirs):
         raise ValueError("train_many needs one distinct out_dir per configuration")
-    # Everything that can fail on bad input fails before anything is written.
-    cfg0 = cfgs[0]
+    # Everything that can fail on bad input fails before anything is written, and what is knowable without the
+    # model (its registry shape and context, the data, the folders) before the model is loaded or built.
     progress = progress and group.main
+    dataset = _check_before_work(cfgs, out_dirs)
+    with contextlib.ExitStack() as held:
+        if group.main:
+            for d in sorted(out_dirs):  # one process trains into a folder at a time; another waits, then looks again
+                held.enter_context(_take(run_lock(d), d))
+        group.barrier()
+        done = [_finished(c, d) if resume else None for c, d in zip(cfgs, out_dirs, strict=True)]
+        todo = [i for i, r in enumerate(done) if r is None]
+        if todo:
+            held.enter_context(distributed.stop_on_sigterm(group))
+            trained = iter(_train_folders([cfgs[i] for i in todo], [identities[i] for i in todo],
+                                          [out_dirs[i] for i in todo], dataset, resume, progress, group))
+            done = [r if r is not None else next(trained) for r in done]
+        group.barrier()  # rank 0's files are complete when any rank returns
+        return [r for r in done if r is not None]
+
+
+def _train_folders(cfgs, identities, out_dirs, dataset, resume, progress, group) -> list[TrainResult]:
+    """Load the model (and lenses) once, then train every SAE in its folder (the locks are held by the caller);
+    a folder this call made and left with nothing to resume from is removed on failure."""
+    cfg0 = cfgs[0]
     with group.main_first():  # rank 0 builds what the cache lacks (a zoo model, a lens); the others load it
         model, tokenizer = load_model(cfg0.model, device=cfg0.device)
-        check_seq_len(cfg0.seq_len, model, cfg0.model)
+        check_seq_len(cfg0.seq_len, max_positions(model), cfg0.model)
         n_layers = model.config.num_hidden_layers
         layers = [check_layers(c.layers, n_layers) for c in cfgs]
-        dataset = load_text(cfg0.data, split="train", streaming=True)  # an empty or missing data set fails here
         lenses = {}
         for c in cfgs:
             if c.lens.tuned_lens and json.dumps(c.lens_kwargs()) not in lenses:
@@ -131,31 +159,60 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list[Path] | None = None, *, r
                                                                        progress=progress)
     # validated for every SAE before any folder is written
     sae_cfgs = [c.sae_config(model.config.hidden_size, l) for c, l in zip(cfgs, layers, strict=True)]
-    with contextlib.ExitStack() as held:
-        if group.main:
-            for d in sorted(out_dirs):  # one process trains into a folder at a time
-                held.enter_context(_take(run_lock(d), d))
-        held.enter_context(distributed.stop_on_sigterm(group))
-        fresh = [d for d in out_dirs if not d.exists()]
-        try:
-            results = _train_locked(cfgs, identities, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume,
-                                    progress, group)
-        except BaseException:
-            if group.main:  # a folder this call made and left with nothing to resume from goes again
-                for d in fresh:
-                    if not (d / "checkpoint" / "state.json").exists() and not (d / "sae" / CONFIG_FILE).exists():
-                        shutil.rmtree(d, ignore_errors=True)
-            raise
-        group.barrier()  # rank 0's files are complete when any rank returns
-        return results
+    fresh = [d for d in out_dirs if not d.exists()]
+    try:
+        return _train_locked(cfgs, identities, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume,
+                             progress, group)
+    except BaseException:
+        if group.main:  # a folder this call made and left with nothing to resume from goes again
+            for d in fresh:
+                if not (d / "checkpoint" / "state.json").exists() and not (d / "sae" / CONFIG_FILE).exists():
+                    shutil.rmtree(d, ignore_errors=True)
+        raise
+
+
+def _finished(cfg: TrainConfig, out_dir: Path) -> TrainResult | None:
+    """The finished run in ``out_dir`` (its SAE and ``train_summary.json`` written), left as it is, or None. A
+    finished run with other settings is refused: nothing in it is rewritten unless asked (``--no-resume``)."""
+    summary_path, sae_dir = out_dir / "train_summary.json", out_dir / "sae"
+    if not (summary_path.is_file() and (sae_dir / CONFIG_FILE).is_file() and (out_dir / "train_config.json").is_file()):
+        return None
+    changed = changed_settings(out_dir / "train_config.json", cfg)
+    if changed:
+        raise ValueError(f"{out_dir} holds a finished run with other settings ({'; '.join(changed)}); train into "
+                         f"another folder (--out), or train over it (--no-resume in the CLI, resume=False in Python)")
+    summary = json.loads(summary_path.read_text())
+    print(f"already trained: {out_dir} ({summary['steps']:,} steps, {summary['tokens']:,} tokens); its files are "
+          f"left as they are (--no-resume trains it again)", file=sys.stderr, flush=True)
+    return TrainResult(MLSAE.from_pretrained(sae_dir).to(cfg.device), out_dir, summary["steps"], summary["tokens"],
+                       summary["seconds"], read_jsonl(out_dir / "metrics.jsonl"), summary.get("data_exhausted", False))
+
+
+def _check_before_work(cfgs: list[TrainConfig], out_dirs: list[Path]):
+    """The checks that need neither the model's weights nor any training (a zoo model missing from the cache takes
+    minutes to build): the sequence length, layers and k against the registry's shape and context, the data, and
+    whether each output folder can be written. Returns the (streaming) data set."""
+    cfg0 = cfgs[0]
+    check_seq_len(cfg0.seq_len, model_context(cfg0.model), cfg0.model)
+    shape = model_shape(cfg0.model)
+    if shape is not None:
+        n_layers, d_model = shape
+        for c in cfgs:
+            c.sae_config(d_model, check_layers(c.layers, n_layers))  # k and k_aux against the number of latents
+    for d in out_dirs:
+        check_writable(d, "the run folder (--out; default $MLSAE_HOME/saes)")
+    return load_text(cfg0.data, split="train", streaming=True)  # a missing, empty or undecodable data set fails here
 
 
 def _take(lock, out_dir: Path):
+    """Take the folder's lock; when another process holds it, say so and wait (as the notebooks' cache does),
+    then the caller looks at what that process left."""
     try:
         return lock.acquire(timeout=0)
     except Timeout:
-        raise RuntimeError(f"{out_dir} is being trained by another process (lock {lock.lock_file}); wait for it "
-                           f"to finish, or train into another folder (--out)") from None
+        print(f"{out_dir} is being trained by another process (lock {lock.lock_file}); waiting for it to finish "
+              f"(Ctrl-C stops waiting; --out trains into another folder)", file=sys.stderr, flush=True)
+        return lock.acquire()
 
 
 def _train_locked(cfgs, identities, out_dirs, sae_cfgs, model, tokenizer, dataset, lenses, resume, progress,
@@ -211,7 +268,12 @@ def _train_locked(cfgs, identities, out_dirs, sae_cfgs, model, tokenizer, datase
             r.close()
         bar.close()
     wall = time.perf_counter() - started
-    return [r.finish(model_seconds, wall) for r in runs]
+    exhausted = step < cfg0.total_steps
+    if exhausted and group.main:
+        print(f"warning: {cfg0.data} ran out after {step:,} of {cfg0.total_steps:,} steps ({runs[0].tokens:,} tokens "
+              f"trained of the {cfg0.max_tokens:,} asked); the SAE is saved as trained so far and its provenance says "
+              f"so (data_exhausted). Give more text, or a smaller --max-tokens", file=sys.stderr, flush=True)
+    return [r.finish(model_seconds, wall, exhausted) for r in runs]
 
 
 def _lost_peer(err: RuntimeError) -> bool:
@@ -250,6 +312,9 @@ class _Run:
             self.step, self.tokens, self.elapsed, self.stream_state = load_checkpoint(
                 self.ckpt_dir, self.sae, self.opt, self.scaler)
             self.metrics = [m for m in read_jsonl(self.log_path) if m["step"] <= self.step]
+            if group.main:
+                print(f"resuming {out_dir} from its checkpoint at step {self.step:,} of {cfg.total_steps:,} "
+                      f"({self.tokens:,} tokens trained)", file=sys.stderr, flush=True)
         group.broadcast_(self.sae.state_dict().values())  # every rank starts from rank 0's weights
         self.log_file, self.tracker = None, None
         if group.main:
@@ -323,16 +388,17 @@ class _Run:
             self.tracker.finish()
             self.tracker = None
 
-    def finish(self, model_seconds: float, wall: float) -> TrainResult:
+    def finish(self, model_seconds: float, wall: float, exhausted: bool = False) -> TrainResult:
         seconds = self.elapsed + self.own_seconds + model_seconds
         if self.group.main:
             self.sae.save_pretrained(self.out_dir / "sae",
                                      provenance=provenance(self.cfg, self.identity, self.step, self.tokens, self.metrics,
-                                                           self.group.world))
+                                                           self.group.world, data_exhausted=exhausted))
             atomic_write_text(self.out_dir / "train_summary.json", json.dumps(
                 {"steps": self.step, "tokens": self.tokens, "seconds": seconds, "wall_seconds": wall,
-                 "processes": self.group.world, "cache_key": self.cfg.cache_key(self.identity)}, indent=2))
-        return TrainResult(self.sae, self.out_dir, self.step, self.tokens, seconds, self.metrics)
+                 "processes": self.group.world, "threads": torch.get_num_threads(), "data_exhausted": exhausted,
+                 "cache_key": self.cfg.cache_key(self.identity)}, indent=2))
+        return TrainResult(self.sae, self.out_dir, self.step, self.tokens, seconds, self.metrics, exhausted)
 
 
 def _wandb_run(cfg: TrainConfig, out_dir: Path):
