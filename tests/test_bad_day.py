@@ -1,6 +1,8 @@
 """A bad day, handled (issue "A bad day"): the wrong model is never evaluated silently, a budget the text cannot
 fill says so, bad input fails before any model is built, runs say what they resume and what they leave alone,
-and disk errors name the folder. Each test here failed on main 0d8e133."""
+and disk errors name the folder. Run against the code before this change (73669f1), every test of a finding
+fails; the two parameter cases that pass there (dead_tokens 0, a budget under one step) were already refused
+by the config and stay as guards."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_word_corpus
 
+from conftest import write_word_corpus
 from mlsae.cli import main
 from mlsae.core.paths import atomic_write_text, disk_error
 from mlsae.sae.config import SAEConfig
@@ -215,7 +217,7 @@ def _saved(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("change, message", [
     (lambda raw: {**raw, "format_version": 2}, "format 'mlsae' version 2"),
     (lambda raw: {**raw, "k": "4"}, "k must be an integer, got '4'"),
-    (lambda raw: {**raw, "k_aux": 64}, "k_aux=64 exceeds n_latents=32"),
+    (lambda raw: {**raw, "k": 64}, "k=64 must be in 1..n_latents=32"),
 ])
 def test_a_config_this_version_cannot_read_is_refused(tmp_path, change, message):
     folder = _saved(tmp_path)
@@ -236,3 +238,41 @@ def test_extra_tensors_and_nan_weights_are_refused(tmp_path):
     save_file({**tensors, "W_dec": torch.full_like(tensors["W_dec"], float("nan"))}, folder / "model.safetensors")
     with pytest.raises(ValueError, match="'W_dec' holds NaN"):
         MLSAE.from_pretrained(folder)
+
+
+# ---- 3 and 8. a notebook's bad or misspelt parameter fails in its first cell ----------------------------
+
+
+def test_notebook_11_checks_its_latent_and_examples_before_training():
+    from mlsae.studies.experiment import Experiment
+
+    exp = Experiment(preset="tiny")  # micro-m, R = 8: its width is known without building it
+    assert exp.n_latents == 8 * 48  # d_model 48
+    with pytest.raises(ValueError, match="latent 99999 out of range: this SAE has 384 latents"):
+        exp.check_examples(99999, 8)
+    with pytest.raises(ValueError, match="n_examples must be positive, got 0"):
+        exp.check_examples(None, 0)
+    exp.check_examples(383, 8)
+
+
+@pytest.mark.parametrize("notebook, parameters, message", [
+    ("03_layer_variance", {"preset": "tiny", "seeed": 0}, "has no parameter seeed (did you mean seed?)"),
+    ("11_max_examples", {"preset": "tiny", "latent": 99999}, "latent 99999 out of range"),
+])
+def test_a_notebook_refuses_bad_parameters_in_its_first_cell(tmp_path, monkeypatch, notebook, parameters, message):
+    """On 0d8e133 -p seeed 0 ran the defaults, and notebook 11's -p latent 99999 failed after 93 s of training."""
+    from mlsae.figures.notebooks import NOTEBOOKS, run_notebook
+
+    monkeypatch.setenv("MLSAE_HOME", str(tmp_path / "home"))  # empty: nothing may be built before the error
+    monkeypatch.setenv("MLSAE_FIGURES", str(tmp_path / "figures"))
+    start = time.perf_counter()
+    run = run_notebook(NOTEBOOKS / f"{notebook}.ipynb", tmp_path / "out.ipynb", parameters)
+    assert run.error is not None and message in run.error, run.error
+    assert time.perf_counter() - start < 90 and not (tmp_path / "home" / "zoo").exists()
+
+
+def test_figures_says_when_nothing_matches_or_a_parameter_is_unknown(capsys):
+    assert main(["figures", "--only", "99"]) == 2
+    assert "--only 99 matches no notebook" in capsys.readouterr().err
+    assert main(["figures", "--only", "03", "-p", "seeed", "0"]) == 2
+    assert "no chosen notebook has the parameter(s) seeed" in capsys.readouterr().err

@@ -8,6 +8,7 @@ the notebooks' recorded key numbers against ``tests/references/`` is test code
 from __future__ import annotations
 
 import ast
+import difflib
 import json
 import os
 import tempfile
@@ -70,6 +71,36 @@ def changed_parameters(notebook: str, values: Mapping[str, object], notebooks_di
     return changed
 
 
+def check_parameters(notebook: str, values: Mapping[str, object]) -> None:
+    """Refuse, in the notebook's first cell, a parameter its ``parameters`` cell does not declare (``-p seeed 0``
+    would otherwise run the defaults: papermill only warns). Read from the kernel's input history (``In``):
+    papermill's injected cell (``# Parameters``) against the cell run just before it. Outside papermill, nothing
+    to check."""
+    history = values.get("In")
+    if not isinstance(history, list):
+        return
+    at = next((i for i in range(len(history) - 1, 0, -1) if str(history[i]).lstrip().startswith("# Parameters")), None)
+    if at is None:
+        return
+    given, declared = _assigned(history[at]), _assigned(history[at - 1])
+    unknown = sorted(given - declared)
+    if declared and unknown:
+        hints = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, declared, n=1))
+                 else name for name in unknown]
+        raise ValueError(f"{notebook} has no parameter {', '.join(hints)}; its parameters are: "
+                         f"{', '.join(sorted(declared))}")
+
+
+def _assigned(source: str) -> set[str]:
+    """The names a cell assigns at its top level."""
+    try:
+        tree = ast.parse(str(source))
+    except SyntaxError:
+        return set()
+    return {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+
+
 def _committed_text(path: Path) -> str | None:
     """``path`` as committed at git's HEAD, or None (not in a checkout, not committed, no git)."""
     text = git_output(path.parent, "show", f"HEAD:./{path.name}")
@@ -80,6 +111,7 @@ def figures_for(notebook: str, values: Mapping[str, object]) -> plots.Figures:
     """Where this notebook run writes its figures: the committed ``figures/<notebook>`` only when every
     parameter keeps its default (see :func:`mlsae.figures.plots.figures_root`), so ``-p model X`` cannot overwrite
     a figure the README shows."""
+    check_parameters(notebook, values)
     changed = changed_parameters(notebook, values)
     root = plots.figures_root(default_run=not changed)
     if changed and not os.environ.get("MLSAE_FIGURES"):
@@ -121,12 +153,20 @@ def run_notebook(path: Path, output: Path, parameters: dict | None = None, *, cw
 
 def run_all(parameters: dict | None = None, out_dir: Path = EXECUTED, only: list[str] | None = None) -> list[NotebookRun]:
     """Run every numbered notebook in order (each sees the cache the previous ones filled)."""
+    chosen = [p for p in notebook_paths() if not only or any(p.name.startswith(o) for o in only)]
+    if not chosen:
+        raise ValueError(f"--only {' '.join(only or [])} matches no notebook; the notebooks are: "
+                         f"{', '.join(p.stem for p in notebook_paths())}")
+    declared = {p: set(parameter_names(p)) for p in chosen}
+    unknown = sorted(set(parameters or {}) - set().union(*declared.values()))
+    if unknown:  # checked before any notebook runs
+        raise ValueError(f"no chosen notebook has the parameter(s) {', '.join(unknown)}; check the spelling "
+                         "(each notebook's parameters cell lists its own)")
     runs = []
-    for path in notebook_paths():
-        if only and not any(path.name.startswith(o) for o in only):
-            continue
+    for path in chosen:
         print(f"[figures] running {path.name} ...", flush=True)
-        run = run_notebook(path, out_dir / path.name, parameters)
+        # each notebook gets the parameters it has (-p latent 5 is notebook 11's alone)
+        run = run_notebook(path, out_dir / path.name, {k: v for k, v in (parameters or {}).items() if k in declared[path]})
         print(f"[figures] {path.name}: {'ok' if run.ok else 'FAILED'} in {run.seconds:.0f} s", flush=True)
         runs.append(run)
     return runs

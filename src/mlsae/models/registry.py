@@ -360,13 +360,16 @@ def _from_pretrained(path: str, dtype, local_files_only: bool):
     return model, tokenizer
 
 
-def _load_hub(src: ModelSource, dtype):
-    errors = []
-    for rid in (src.repo_id_or_path, *src.aliases):
-        try:
-            return _from_pretrained(rid, dtype, local_files_only=True)
-        except OSError as e:  # not (fully) cached under this id
-            errors.append(f"{rid}: {e}")
+def require_model(name: str) -> None:
+    """Fail at once, loading nothing, when ``name`` is a hub model that is neither cached here nor downloadable
+    (:class:`ModelNotAvailableError`, with what to fetch): what a run checks before its other inputs."""
+    src = resolve_model(name)
+    if src.kind == "hub" and _cached_snapshot(src) is None:
+        _require_reachable(src)
+
+
+def _require_reachable(src: ModelSource) -> None:
+    """A hub model not in the cache: raise unless the hub is reachable and has it (then it can be downloaded)."""
     if hub.offline_requested():
         raise ModelNotAvailableError(_fetch_hint(src, "it is not in the local cache and HF_HUB_OFFLINE is set"))
     t0 = time.perf_counter()
@@ -378,6 +381,16 @@ def _load_hub(src: ModelSource, dtype):
             _fetch_hint(src, f"it is not in the local cache and the hub cannot be reached ({detail}; "
                              f"reachability probe took {time.perf_counter() - t0:.1f} s)")
         )
+
+
+def _load_hub(src: ModelSource, dtype):
+    errors = []
+    for rid in (src.repo_id_or_path, *src.aliases):
+        try:
+            return _from_pretrained(rid, dtype, local_files_only=True)
+        except OSError as e:  # not (fully) cached under this id
+            errors.append(f"{rid}: {e}")
+    _require_reachable(src)
     try:  # reachable: download into the cache (the only path that touches the network)
         return _from_pretrained(src.repo_id_or_path, dtype, local_files_only=False)
     except Exception as e:  # noqa: BLE001

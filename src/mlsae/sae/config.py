@@ -40,9 +40,15 @@ class SAEHyperparameters:
         check_choices(self)
 
     def sae_config(self, d_model: int, layers: list[int] | None = None) -> SAEConfig:
-        """The :class:`SAEConfig` of these hyper-parameters for a model of width ``d_model``."""
-        return SAEConfig.from_expansion_factor(d_model, self.expansion_factor, self.k, k_aux=self.k_aux,
-                                               auxk_coef=self.auxk_coef, dead_tokens=self.dead_tokens, layers=layers)
+        """The :class:`SAEConfig` of these hyper-parameters for a model of width ``d_model``. A training run asks for
+        at most as many AuxK latents as there are latents (a saved SAE may carry the paper's 256 on fewer: AuxK
+        then takes every dead latent)."""
+        cfg = SAEConfig.from_expansion_factor(d_model, self.expansion_factor, self.k, k_aux=self.k_aux,
+                                              auxk_coef=self.auxk_coef, dead_tokens=self.dead_tokens, layers=layers)
+        if self.k_aux > cfg.n_latents:
+            raise ValueError(f"k_aux={self.k_aux} exceeds the {cfg.n_latents} latents (R {self.expansion_factor} x "
+                             f"d_model {d_model}): AuxK picks k_aux of them; use k_aux <= {cfg.n_latents} (--k-aux)")
+        return cfg
 
 
 @dataclass
@@ -70,9 +76,6 @@ class SAEConfig:
         check_sparsity(self.k, self.k_aux, self.auxk_coef, self.dead_tokens)
         if self.k > self.n_latents:
             raise ValueError(f"k={self.k} must be in 1..n_latents={self.n_latents}: pick e.g. k=32")
-        if self.k_aux > self.n_latents:
-            raise ValueError(f"k_aux={self.k_aux} exceeds n_latents={self.n_latents}: AuxK picks k_aux of the latents; "
-                             f"use k_aux <= {self.n_latents} (the paper's 256 needs at least 256 latents)")
         if self.layers is not None:
             self.layers = [int(layer) for layer in self.layers]
 

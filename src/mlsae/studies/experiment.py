@@ -184,6 +184,9 @@ class Experiment:
             raise ValueError(f"seq_len={seq_len} exceeds {self.model}'s context of {context} positions")
         self.seq_len: int = seq_len
         shape = model_shape(self.model)  # (n_layers, d_model) without loading weights, or None
+        # the SAE's width, known before any work (None: a model whose shape the registry cannot tell)
+        width = sae_d_model if sae_d_model is not None else shape[1] if shape is not None else None
+        self.n_latents: int | None = None if width is None else self.expansion_factor * width
         if shape is not None and sae_d_model is not None and sae_d_model != shape[1]:
             raise ValueError(f"{self.pretrained_sae} reads {sae_d_model}-dimensional vectors but "
                              f"{self.model} has d_model {shape[1]}; pass the model it was trained on (-p model ...)")
@@ -373,6 +376,18 @@ class Experiment:
         """One prompt's distributions over layers (computed each time: one forward pass)."""
         model, tokenizer = self.load_lm()
         return prompt_distribution(model, tokenizer, self.train(), prompt, lens=self.prepare_lens())
+
+    def check_examples(self, latent: int | None, n_examples: int) -> None:
+        """Notebook 11's own parameters, checked in its first cell (before the SAE is trained): ``latent`` within
+        the SAE's latents (when the shape is known here) and ``n_examples`` a positive integer."""
+        typed_parameter("n_examples", n_examples, int)
+        if n_examples <= 0:
+            raise ValueError(f"n_examples must be positive, got {n_examples} (e.g. -p n_examples 8)")
+        if latent is not None:
+            typed_parameter("latent", latent, int)
+            if not 0 <= latent < (self.n_latents or latent + 1):
+                raise ValueError(f"latent {latent} out of range: this SAE has {self.n_latents} latents "
+                                 f"(0 ... {(self.n_latents or 1) - 1}); leave latent=None for the most spread one")
 
     def max_examples(self, n_examples: int = 8):
         """PAPER.md §4 item 14: the top ``n_examples`` activations of every (layer, latent) and the

@@ -37,7 +37,7 @@ from mlsae.data.sources import load_text
 from mlsae.data.tokens import token_batches
 from mlsae.models.lens import IDENTITY
 from mlsae.models.lens_training import residual_lens_for
-from mlsae.models.registry import load_model, model_context, model_shape
+from mlsae.models.registry import load_model, model_context, model_shape, require_model
 from mlsae.models.residuals import check_layers, check_seq_len, max_positions, residual_batches
 from mlsae.sae.config import CONFIG_FILE, SAEConfig
 from mlsae.sae.model import MLSAE
@@ -193,6 +193,7 @@ def _check_before_work(cfgs: list[TrainConfig], out_dirs: list[Path]):
     minutes to build): the sequence length, layers and k against the registry's shape and context, the data, and
     whether each output folder can be written. Returns the (streaming) data set."""
     cfg0 = cfgs[0]
+    require_model(cfg0.model)  # a hub model neither cached nor downloadable: what to fetch, first
     check_seq_len(cfg0.seq_len, model_context(cfg0.model), cfg0.model)
     shape = model_shape(cfg0.model)
     if shape is not None:
