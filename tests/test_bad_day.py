@@ -276,3 +276,11 @@ def test_figures_says_when_nothing_matches_or_a_parameter_is_unknown(capsys):
     assert "--only 99 matches no notebook" in capsys.readouterr().err
     assert main(["figures", "--only", "03", "-p", "seeed", "0"]) == 2
     assert "no chosen notebook has the parameter(s) seeed" in capsys.readouterr().err
+
+
+def test_an_unknown_model_name_suggests_the_closest_instead_of_listing_all():
+    from mlsae.models.registry import resolve_model
+
+    with pytest.raises(ValueError, match="Did you mean 'pythia-70m'") as err:
+        resolve_model("pythia70m")
+    assert "zoo-xl" not in str(err.value) or str(err.value).count(",") < 12  # no dump of every name

@@ -83,8 +83,7 @@ def test_local_directory(tiny_model_dir):
 def test_unknown_names_fail_clearly(tmp_path):
     with pytest.raises(ValueError) as e:
         resolve_model("pythia-7b")
-    for name in [*REGISTRY, "zoo-m", "micro-s"]:
-        assert name in str(e.value)
+    assert "Did you mean 'pythia-" in str(e.value) and "list_models()" in str(e.value)  # the closest, not all
     with pytest.raises(ValueError, match="does not exist"):
         resolve_model(str(tmp_path / "nope" / "model"))
     (tmp_path / "empty").mkdir()

@@ -89,7 +89,12 @@ def test_only_the_default_run_writes_the_committed_figures(monkeypatch):
     for changed in ({"model": "pythia-1b"}, {"models": '["zoo-s"]'}, {"seed": 0}, {"preset": "tiny"}):
         values = {**NB03_DEFAULTS, **changed}
         assert changed_parameters("03_layer_variance", values) == list(changed)
-        assert figures_for("03_layer_variance", values).root == ROOT / "outputs" / "figures"
+        out = figures_for("03_layer_variance", values)
+        assert out.root == ROOT / "outputs" / "figures" and out.notebook.startswith("03_layer_variance/")
+    # runs with other seeds or budgets never share a folder
+    names = {figures_for("03_layer_variance", {**NB03_DEFAULTS, **c}).notebook
+             for c in ({"seed": 0}, {"seed": 1}, {"train_tokens": 5000}, {"seed": 0, "train_tokens": 5000})}
+    assert len(names) == 4 and "03_layer_variance/seed=0" in names
     assert sorted(changed_parameters("03_layer_variance", {})) == sorted(set(NB03_DEFAULTS) - {"device"})
     assert changed_parameters("99_no_such_notebook", NB03_DEFAULTS)  # unreadable: never the committed run
     monkeypatch.setenv("MLSAE_FIGURES", "/somewhere/else")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m mlsae {train,eval,zoo}``.
+"""Command line: ``python -m mlsae {train,eval,zoo,figures}``.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
     python -m mlsae train --model pythia-70m --expansion-factor 64 -k 32 --tuned-lens
     python -m mlsae eval ~/.cache/mlsae/saes/<run> --tokens 50000    # model, data, lens from the run
     torchrun --standalone --nproc-per-node 2 -m mlsae train --model zoo-m   # data-parallel, 2 processes
+    python -m mlsae figures --only 03 -p preset tiny     # one notebook, a few minutes on a laptop
 """
 
 from __future__ import annotations
@@ -69,12 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--sae", type=Path, default=None, help="folder written by save_pretrained (instead of RUN)")
     e.add_argument("--model", default=None, help="default: the model the SAE was trained on")
     e.add_argument("--data", default=None, help="default: the data the SAE was trained on (its test split)")
-    e.add_argument("--tokens", type=int, default=50_000)
+    e.add_argument("--tokens", type=int, default=50_000, help="held-out tokens evaluated (default 50,000)")
     e.add_argument("--seq-len", type=int, default=None, help="default: the training run's")
-    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--batch-size", type=int, default=16, help="sequences per evaluation batch (default 16)")
     e.add_argument("--tuned-lens", action=argparse.BooleanOptionalAction, default=None,
                    help="default: as the SAE was trained")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
 
     z = sub.add_parser("zoo", help="build the offline model zoo and print its report")
     z.add_argument("names", nargs="*", help="zoo models to build (default: the whole default zoo)")

@@ -27,7 +27,11 @@ def enabled(requested: bool = True) -> bool:
 
 def bar(iterable: Iterable | None = None, *, desc: str, progress: bool = True, **kwargs) -> tqdm:
     """A tqdm bar (a widget in JupyterLab), silent when ``progress`` is off or ``MLSAE_PROGRESS=0``."""
-    return tqdm(iterable, desc=desc, disable=not enabled(progress), **kwargs)
+    if kwargs.get("total") is None and not hasattr(iterable, "__len__"):  # open-ended: a count and a rate, not "16/?"
+        kwargs.setdefault("bar_format", "{desc}: {n_fmt} {unit} [{elapsed}, {rate_fmt}]")
+        kwargs.setdefault("unit", "batches")
+    short = desc if len(desc) <= 28 else desc[:27] + "…"  # JupyterLab's widget label wraps longer ones
+    return tqdm(iterable, desc=short, disable=not enabled(progress), **kwargs)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import hashlib
 import json
 import os
 import tempfile
@@ -115,9 +116,22 @@ def figures_for(notebook: str, values: Mapping[str, object]) -> plots.Figures:
     changed = changed_parameters(notebook, values)
     root = plots.figures_root(default_run=not changed)
     if changed and not os.environ.get("MLSAE_FIGURES"):
-        print(f"not the default run ({', '.join(changed)} changed): figures go to {root / notebook} "
+        folder = f"{notebook}/{run_name({name: values.get(name) for name in changed})}"  # one folder per setting
+        print(f"not the default run ({', '.join(changed)} changed): figures go to {root / folder} "
               "(set MLSAE_FIGURES to choose)")
+        return plots.Figures(folder, root)
     return plots.Figures(notebook, root)
+
+
+def run_name(changed: Mapping[str, object]) -> str:
+    """A folder name for a run's changed parameters (``seed=7_train_tokens=50000``), so that runs with other
+    seeds, budgets or grids never overwrite each other; hashed when long."""
+    text = "_".join(f"{k}={json.dumps(v, sort_keys=True) if not isinstance(v, str) else v}"
+                    for k, v in sorted(changed.items()))
+    readable = "".join(c if c.isalnum() or c in "-._=+" else "-" for c in text).strip("-")
+    if len(readable) <= 80:
+        return readable
+    return f"{readable[:60].rstrip('-_')}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
 
 @dataclass

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 from matplotlib import ticker
-from matplotlib.colors import LogNorm
+from matplotlib.colors import LogNorm, PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.rcsetup import cycler
 
@@ -142,14 +142,16 @@ def training_curves(log: list[dict], title: str = "") -> Figure:
 def layer_heatmaps(stats: LayerDistributions, title: str = "", latents: np.ndarray | None = None) -> Figure:
     """``p(l | j)``, counts and totals as layers x latents heatmaps, latents sorted by mean layer."""
     order = latent_order(stats) if latents is None else latents[np.argsort(stats.mean_layer.numpy()[latents], kind="stable")]
+    # counts and totals span orders of magnitude (a few frequent latents): on a linear scale the panels are almost
+    # black, so they use a power norm (gamma 0.25, as the authors' heatmaps), p(l | j) a linear one
     panels = [
-        (stats.p_layer.numpy()[:, order], "p(layer | latent)", "viridis"),
-        (stats.counts.numpy()[:, order], "count (tokens)", "magma"),
-        (stats.totals.numpy()[:, order], "total activation", "magma"),
+        (stats.p_layer.numpy()[:, order], "p(layer | latent)", "viridis", None),
+        (stats.counts.numpy()[:, order], "count (tokens; power 0.25)", "magma", PowerNorm(0.25)),
+        (stats.totals.numpy()[:, order], "total activation (power 0.25)", "magma", PowerNorm(0.25)),
     ]
     fig, axes = plt.subplots(3, 1, figsize=(10, 1.2 + 0.45 * stats.n_layers * 3), sharex=True, constrained_layout=True)
-    for ax, (data, label, cmap) in zip(axes, panels, strict=True):
-        im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap=cmap)
+    for ax, (data, label, cmap, norm) in zip(axes, panels, strict=True):
+        im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap=cmap, norm=norm)
         ax.set_ylabel("layer")
         ax.set_yticks(range(stats.n_layers))
         fig.colorbar(im, ax=ax, label=label, pad=0.01)
@@ -194,7 +196,8 @@ def headline_estimators(rows: dict[str, dict], paper_value: float = 100.0) -> Fi
         vals = [rows[n][col] for n in names]
         ax.bar(x - 0.4 + (i + 0.5) * width, vals, width, label=col)
     ax.axhline(paper_value, color="k", ls="--", lw=1)
-    ax.annotate(f"paper reports ~{paper_value:.0f}x (Pythia, the Pile)", (x[0] - 0.4, paper_value), va="bottom", fontsize=7)
+    ax.annotate(f"paper reports ~{paper_value:.0f}x (Pythia, the Pile)", (0.01, paper_value), xycoords=("axes fraction", "data"),
+                xytext=(3, 2), textcoords="offset points", va="bottom", fontsize=7)  # clear of the frame
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_yscale("log")
     ax.set_xticks(x, names)
@@ -304,6 +307,8 @@ def trend(xs: Sequence, ys: dict[str, Sequence], xlabel: str, ylabel: str, logx:
         ax.plot(xs, y, marker="o", label=label)
     if logx:
         ax.set_xscale("log", base=2)
+    elif all(float(x).is_integer() for x in xs):  # layers, R, k: no 4.5-layer ticks
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if len(ys) > 1:

@@ -8,7 +8,6 @@ The transform itself, re-indexed to this project's layers, is :class:`mlsae.mode
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +27,6 @@ from mlsae.models.lens import ResidualLens
 from mlsae.models.registry import model_identity, resolve_model
 
 PRETRAINED_LENS_REPO = "AlignmentResearch/tuned-lens"  # a Hugging Face *space*
-
-
-@dataclass
-class LensSettings:
-    """The lens part of a training run (:class:`mlsae.training.config.TrainConfig` nests it), defined once."""
-
-    # One comment per field: it is the field's --help in the CLI.
-    tuned_lens: bool = False  # train behind the tuned lens (and map reconstructions back)
-    lens_tokens: int = 400_000  # tokens a lens is trained on here, for a model without a pretrained lens
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.tuned_lens, bool):
-            raise ValueError(f"tuned_lens must be True or False, got {self.tuned_lens!r}")
-        if isinstance(self.lens_tokens, bool) or not isinstance(self.lens_tokens, int) or self.lens_tokens <= 0:
-            raise ValueError(f"lens_tokens must be positive, got {self.lens_tokens!r}")
 
 
 def load_pretrained_lens(model: nn.Module, resource_id: str | None = None) -> TunedLens:
@@ -196,9 +180,9 @@ def residual_lens_for(
     model: nn.Module,
     tokenizer,
     *,
-    data: str = "offline",
-    seed: int = 42,
-    train_tokens: int = LensSettings.lens_tokens,
+    data: str,
+    seed: int,
+    train_tokens: int,
     seq_len: int = 128,
     batch_size: int = 16,
     progress: bool = True,

@@ -179,9 +179,9 @@ def list_models() -> list[dict]:
 def _unknown(name: str, why: str) -> ValueError:
     known = [*REGISTRY, *_zoo_names()]
     close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    hint = f"Did you mean {' or '.join(map(repr, close))}? " if close else ""
     return ValueError(
-        f"unknown model {name!r}: {why}. {hint}Use a registry name (python -c 'import mlsae; print(mlsae.list_models())' "
+        f"unknown model {name!r}: {why}. {hint}Use a registry name (python -c 'from mlsae.models.registry import list_models; print(list_models())' "
         f"lists them: pythia-70m ... pythia-12b, gpt2, zoo-s ... zoo-xl, ...), a Hugging Face id such as "
         f"'EleutherAI/pythia-70m-deduped', or a local directory written by save_pretrained."
     )

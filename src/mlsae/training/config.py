@@ -1,5 +1,5 @@
 """What a training run is: :class:`TrainConfig` (every hyper-parameter, validated where it is defined: the SAE's
-in :class:`mlsae.sae.config.SAEHyperparameters`, the lens's in :class:`mlsae.models.lens_training.LensSettings`,
+in :class:`mlsae.sae.config.SAEHyperparameters`, the lens's in :class:`LensSettings`,
 both nested here), the presets it is built from, and which fields select the token stream (:data:`STREAM_FIELDS`).
 
 The CLI, the presets and the notebooks name every field flat (``k``, ``tuned_lens``, ``max_tokens``):
@@ -23,12 +23,26 @@ from simple_parsing.docstring import get_attribute_docstring
 from mlsae.core.cache import key
 from mlsae.core.paths import safe_name
 from mlsae.core.presets import TRAIN_PRESETS, default_data
-from mlsae.models.lens_training import LensSettings
 from mlsae.models.registry import canonical_model_name, check_device, model_context, resolve_model
 from mlsae.models.residuals import check_seq_len, check_unique_layers
 from mlsae.sae.config import SAEConfig, SAEHyperparameters, check_choices
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class LensSettings:
+    """The lens part of a training run (:class:`TrainConfig` nests it), defined once."""
+
+    # One comment per field: it is the field's --help in the CLI.
+    tuned_lens: bool = False  # train behind the tuned lens (and map reconstructions back)
+    lens_tokens: int = 400_000  # tokens a lens is trained on here, for a model without a pretrained lens
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tuned_lens, bool):
+            raise ValueError(f"tuned_lens must be True or False, got {self.tuned_lens!r}")
+        if isinstance(self.lens_tokens, bool) or not isinstance(self.lens_tokens, int) or self.lens_tokens <= 0:
+            raise ValueError(f"lens_tokens must be positive, got {self.lens_tokens!r}")
 
 
 # TrainConfig fields that do not touch the trained weights: left out of the cache key, and a resumed run
@@ -45,7 +59,7 @@ class TrainConfig:
     sae: SAEHyperparameters = field(default_factory=SAEHyperparameters)  # R, k, AuxK, dead latents, encoder init
     lens: LensSettings = field(default_factory=LensSettings)  # whether to train behind the tuned lens
     layers: list[int] | None = None  # comma-separated, e.g. 3: a single-layer SAE; default every layer (the MLSAE)
-    data: str = "monology/pile-uncopyrighted"  # 'offline', a local folder or file, or a Hugging Face data set
+    data: str = "monology/pile-uncopyrighted"  # 'offline'; a folder of train.jsonl/.txt (test.* for eval; .zst/.gz too, or train/ shards: the Pile's layout), or one such file; or a Hugging Face data set
     seq_len: int = 2048  # tokens per sequence (at most the model's context)
     batch_size: int = 64  # sequences per optimiser step (x grad_accum)
     grad_accum: int = 1  # micro-batches per optimiser step

@@ -231,7 +231,8 @@ def _train_locked(cfgs, identities, out_dirs, sae_cfgs, model, tokenizer, datase
     tokens = token_batches(dataset, tokenizer, cfg0.seq_len, cfg0.batch_size,
                            max_tokens=cfg0.total_steps * cfg0.tokens_per_step, state=stream_state)
     stream = residual_batches(model, tokenizer, (group.shard(batch) for batch in tokens))
-    what = cfg0.model if len(runs) == 1 else f"{len(runs)} SAEs on {cfg0.model}"
+    name = Path(cfg0.model).name if Path(cfg0.model).is_absolute() else cfg0.model  # a local folder: its name
+    what = name if len(runs) == 1 else f"{len(runs)} SAEs, {name}"
     bar = progress_bar(total=cfg0.total_steps, initial=step, desc=f"MLSAE {what}", progress=progress)
     started, model_seconds = time.perf_counter(), 0.0
     try:
