@@ -284,3 +284,16 @@ def test_an_unknown_model_name_suggests_the_closest_instead_of_listing_all():
     with pytest.raises(ValueError, match="Did you mean 'pythia-70m'") as err:
         resolve_model("pythia70m")
     assert "zoo-xl" not in str(err.value) or str(err.value).count(",") < 12  # no dump of every name
+
+
+def test_model_dot_is_recorded_by_its_path_and_names_no_hidden_folder(tiny_model_dir, tmp_path, monkeypatch):
+    """On 0d8e133 ``--model .`` named its run ``saes/.-x8-...`` and wrote its lens into ``lenses/`` itself."""
+    from mlsae.core.paths import safe_name
+    from mlsae.training.config import config_from_preset
+    from mlsae.training.identity import sae_key
+
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    monkeypatch.chdir(tmp_path / "model")
+    cfg = config_from_preset("tiny", model=".", data="offline")
+    assert cfg.model == str((tmp_path / "model").resolve())
+    assert not sae_key(cfg).startswith(".") and not safe_name(cfg.model).startswith(".")
