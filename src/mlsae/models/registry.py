@@ -384,12 +384,11 @@ def _require_reachable(src: ModelSource) -> None:
 
 
 def _load_hub(src: ModelSource, dtype):
-    errors = []
     for rid in (src.repo_id_or_path, *src.aliases):
         try:
             return _from_pretrained(rid, dtype, local_files_only=True)
-        except OSError as e:  # not (fully) cached under this id
-            errors.append(f"{rid}: {e}")
+        except OSError:  # not (fully) cached under this id: try the next, then the hub
+            continue
     _require_reachable(src)
     try:  # reachable: download into the cache (the only path that touches the network)
         return _from_pretrained(src.repo_id_or_path, dtype, local_files_only=False)

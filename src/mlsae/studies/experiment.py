@@ -5,8 +5,8 @@ An :class:`Experiment` validates its parameters before doing any work (so a bad 
 and prepares its lens, and each statistic (:meth:`~Experiment.evaluate`, :meth:`~Experiment.distributions`,
 ...) calls it first; the properties ``sae`` and ``lens`` only read what exists. Everything expensive is
 cached under ``$MLSAE_HOME`` keyed by the configuration, so notebooks run in order train each SAE once, and
-a notebook run alone trains what it needs. (``lm`` still builds a zoo model the cache lacks, as
-:func:`mlsae.models.registry.load_model` does.)
+a notebook run alone trains what it needs. :meth:`Experiment.load_lm` is a method for the same reason: it builds
+a zoo model the cache lacks, as :func:`mlsae.models.registry.load_model` does.
 """
 
 from __future__ import annotations
@@ -77,15 +77,15 @@ def check_model_of_sae(source: str, folder: Path, model_name: str, flag: str = "
     """Refuse to analyse a trained SAE with other weights than it was trained on: ``model_name``'s identity
     (:func:`mlsae.models.registry.model_identity`) against the one its provenance recorded. A model not on this
     machine is left to fail when it is loaded, with what to fetch."""
-    recorded = read_provenance(folder).get("model_identity")
+    saved = read_provenance(folder)
+    recorded = saved.get("model_identity")
     if recorded is None:  # a released SAE, or one without provenance: nothing to compare
         return
     now = model_identity(model_name)
     if now.endswith("@uncached"):
         return
     if now != recorded:
-        trained_on = read_provenance(folder).get("model")
-        raise ValueError(f"{source} was trained on {trained_on} with weights {recorded}, but {model_name} here has "
+        raise ValueError(f"{source} was trained on {saved.get('model')} with weights {recorded}, but {model_name} here has "
                          f"weights {now}: evaluating it there would measure another model. Pass the model it was "
                          f"trained on ({flag} ...), or train an SAE for this one")
 
@@ -385,9 +385,10 @@ class Experiment:
             raise ValueError(f"n_examples must be positive, got {n_examples} (e.g. -p n_examples 8)")
         if latent is not None:
             typed_parameter("latent", latent, int)
-            if not 0 <= latent < (self.n_latents or latent + 1):
-                raise ValueError(f"latent {latent} out of range: this SAE has {self.n_latents} latents "
-                                 f"(0 ... {(self.n_latents or 1) - 1}); leave latent=None for the most spread one")
+            if latent < 0 or (self.n_latents is not None and latent >= self.n_latents):
+                known = f"this SAE has {self.n_latents} latents (0 ... {self.n_latents - 1})" if self.n_latents else \
+                    "latents are numbered from 0"
+                raise ValueError(f"latent {latent} out of range: {known}; leave latent=None for the most spread one")
 
     def max_examples(self, n_examples: int = 8):
         """PAPER.md §4 item 14: the top ``n_examples`` activations of every (layer, latent) and the

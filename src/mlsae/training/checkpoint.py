@@ -57,7 +57,7 @@ def check_resume_config(ckpt_dir: Path, cfg: TrainConfig) -> None:
     changed = changed_settings(ckpt_dir / "train_config.json", cfg)
     if changed:
         raise ValueError(f"cannot resume {ckpt_dir} with other settings ({'; '.join(changed)}): resume with the "
-                         f"checkpoint's settings, or start over (--no-resume, or another --out)")
+                         f"checkpoint's settings, or {START_OVER}")
 
 
 def changed_settings(path: Path, cfg: TrainConfig) -> list[str]:

@@ -10,6 +10,7 @@ The CLI, the presets and the notebooks name every field flat (``k``, ``tuned_len
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import math
 import typing
@@ -25,7 +26,7 @@ from mlsae.core.paths import safe_name
 from mlsae.core.presets import TRAIN_PRESETS, default_data
 from mlsae.models.registry import canonical_model_name, check_device, model_context, resolve_model
 from mlsae.models.residuals import check_seq_len, check_unique_layers
-from mlsae.sae.config import SAEConfig, SAEHyperparameters, check_choices
+from mlsae.sae.config import SAEConfig, SAEHyperparameters, check_choices, literal_choices
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -151,15 +152,11 @@ class TrainConfig:
             values.update(values.pop(name))
         return {name: values[name] for name in flat_fields()}
 
-    def replace(self, **changes) -> TrainConfig:
-        """This config with some flat fields changed, validated afresh."""
-        return TrainConfig.from_dict({**self.flat(), **changes})
-
     @classmethod
     def choices(cls) -> dict[str, tuple]:
-        """The fields whose type is a ``Literal``, with their allowed values (validation and the CLI's choices)."""
-        return {name: typing.get_args(kind) for name, (owner, kind) in flat_fields().items()
-                if typing.get_origin(kind) is Literal}
+        """The fields whose type is a ``Literal`` (here and in the nested records), with their allowed values (the
+        CLI's choices; :func:`mlsae.sae.config.check_choices` validates them)."""
+        return {name: options for owner in (cls, *NESTED.values()) for name, options in literal_choices(owner).items()}
 
     @classmethod
     def field_help(cls) -> dict[str, str]:
@@ -206,14 +203,16 @@ _OWNER = {f.name: name for name, kind in NESTED.items() for f in dataclasses.fie
 _TOP = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in NESTED)
 
 
+@functools.cache
 def flat_fields() -> dict[str, tuple[type, Any]]:
-    """Every flat field name, in declaration order, with the class that declares it and its type."""
+    """Every flat field name, in declaration order, with the class that declares it and its type (computed once:
+    the classes do not change)."""
+    hints = {owner: typing.get_type_hints(owner) for owner in (TrainConfig, *NESTED.values())}
     found: dict[str, tuple[type, Any]] = {}
     for f in dataclasses.fields(TrainConfig):
         owner = NESTED.get(f.name, TrainConfig)
-        hints = typing.get_type_hints(owner)
         for g in dataclasses.fields(owner) if owner is not TrainConfig else [f]:
-            found[g.name] = (owner, hints[g.name])
+            found[g.name] = (owner, hints[owner][g.name])
     return found
 
 
