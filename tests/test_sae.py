@@ -247,7 +247,7 @@ def test_save_load_round_trip(tmp_path):
     path = tmp_path / "sae"
     sae.save_pretrained(path)
     sae.save_pretrained(path)  # overwriting is fine
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["README.md", "config.json", "model.safetensors"]  # the Hub card too
     loaded = MLSAE.from_pretrained(path)
     assert loaded.cfg == sae.cfg
     for name, t in sae.state_dict().items():

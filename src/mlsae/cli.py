@@ -1,4 +1,4 @@
-"""Command line: ``python -m mlsae {train,eval,zoo,figures}``.
+"""Command line: ``python -m mlsae {train,eval,export,dashboard,zoo,figures}``.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
     python -m mlsae train --model pythia-70m --expansion-factor 64 -k 32 --tuned-lens
     python -m mlsae eval ~/.cache/mlsae/saes/<run> --tokens 50000    # model, data, lens from the run
     torchrun --standalone --nproc-per-node 2 -m mlsae train --model zoo-m   # data-parallel, 2 processes
+    python -m mlsae export <run> --format saelens --out saelens/   # one SAELens TopKSAE per layer
     python -m mlsae figures --only 03 -p preset tiny     # one notebook, a few minutes on a laptop
 """
 
@@ -77,6 +78,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="default: as the SAE was trained")
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
 
+    x = sub.add_parser("export", help="write a saved MLSAE in another library's format (SAELens: one SAE per layer)")
+    x.add_argument("run", help="a training run's folder, its sae/ folder, or a hub id")
+    x.add_argument("--format", required=True, choices=["saelens"], help="saelens: one TopKSAE folder per layer "
+                   "(blocks.<l>.hook_resid_post/cfg.json + sae_weights.safetensors), loadable by SAE.load_from_disk")
+    x.add_argument("--out", type=Path, required=True, help="folder to write (an earlier export there is replaced)")
+    x.add_argument("--layers", type=_layers, default=None, help="layers to export, e.g. 0,3 (default: every layer "
+                   "it was trained on)")
+    x.add_argument("--model", default=None, help="the model's name, when the SAE does not record it")
+
     z = sub.add_parser("zoo", help="build the offline model zoo and print its report")
     z.add_argument("names", nargs="*", help="zoo models to build (default: the whole default zoo)")
 
@@ -87,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra papermill parameter for every notebook (value parsed as JSON when possible)")
 
     args = parser.parse_args(argv)
-    commands = {"train": _train, "eval": _eval, "figures": _figures, "zoo": _zoo}
+    commands = {"train": _train, "eval": _eval, "export": _export, "figures": _figures, "zoo": _zoo}
     try:
         return commands[args.command](args)
     except (ValueError, TypeError, OSError, RuntimeError, ConnectionError, FloatingPointError) as err:
@@ -125,7 +135,7 @@ def _eval(args) -> int:
     from mlsae.models.registry import load_model
     from mlsae.sae.io import read_provenance, sae_folder
     from mlsae.sae.model import MLSAE
-    from mlsae.studies.experiment import check_model_of_sae, lens_of_sae, model_of_sae
+    from mlsae.sae.origin import check_model_of_sae, lens_of_sae, model_of_sae
 
     if (args.run is None) == (args.sae is None):
         raise ValueError("give the run folder (mlsae eval RUN_DIR) or --sae FOLDER, one of the two")
@@ -152,6 +162,14 @@ def _eval(args) -> int:
     result = evaluate(model, tokenizer, sae, batches, lens=lens)
     for row in result.rows():
         print(json.dumps(row))
+    return 0
+
+
+def _export(args) -> int:
+    from mlsae.interop.saelens import export_saelens
+
+    folders = export_saelens(args.run, args.out, layers=args.layers, model=args.model)
+    print(json.dumps({"format": args.format, "out": str(args.out), "folders": [str(f) for f in folders]}))
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -28,32 +29,29 @@ from mlsae.sae.config import (
 )
 
 
-def write_sae(path: str | Path, cfg: SAEConfig, tensors: dict[str, Tensor], provenance: dict | None = None) -> None:
-    """``model.safetensors`` + ``config.json`` (and with ``provenance``, ``provenance.json`` and a model card)
-    written into the folder ``path`` atomically."""
+def write_sae(path: str | Path, cfg: SAEConfig, tensors: dict[str, Tensor], provenance: dict | None = None,
+              card: str | None = None) -> None:
+    """``model.safetensors`` + ``config.json`` (with ``provenance``, ``provenance.json``; with ``card``, the model
+    card ``README.md``) written into the folder ``path`` atomically: an existing folder is replaced only once the
+    new one is complete."""
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(cfg)}
     with atomic_dir(Path(path)) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        if provenance is not None:
+        if provenance:
             (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
-            (tmp / "README.md").write_text(model_card(cfg, provenance))
+        if card is not None:
+            (tmp / "README.md").write_text(card)
 
 
 def read_sae(path: str | Path, tokens_per_step: int = PAPER_TOKENS_PER_STEP,
-             tokens_per_forward: int = PAPER_TOKENS_PER_FORWARD) -> tuple[SAEConfig, dict[str, Tensor]]:
+             tokens_per_forward: int = PAPER_TOKENS_PER_FORWARD, **hub: Any) -> tuple[SAEConfig, dict[str, Tensor]]:
     """``(cfg, tensors)`` of the SAE in ``path``: ``tensors`` holds ``W_enc`` [m, d], ``W_dec`` [d, m], ``b_pre``
     [d] and, when saved, ``tokens_since_fired`` [m], each checked against ``cfg``. The layouts read:
-    :meth:`mlsae.sae.model.MLSAE.from_pretrained`."""
-    path = _local_or_hub(path)
+    :meth:`mlsae.sae.model.MLSAE.from_pretrained`; ``hub``: :func:`local_folder`'s revision and download options."""
+    path = check_sae_files(local_folder(path, **hub))
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
-    for p in (config_path, weights_path):
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"{p}: missing; expected a directory written by MLSAE.save_pretrained "
-                "or a released MLSAE (config.json + model.safetensors)"
-            )
     raw = _read_config(config_path)
     layout = released_layout(raw)
     prefix = "autoencoder." if layout == "tfm" else ""
@@ -134,6 +132,15 @@ def read_sae(path: str | Path, tokens_per_step: int = PAPER_TOKENS_PER_STEP,
     return cfg, out
 
 
+def check_sae_files(path: Path) -> Path:
+    """``path`` if it holds an SAE's two files; else the error naming the one missing."""
+    for p in (path / CONFIG_FILE, path / WEIGHTS_FILE):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: missing; expected a directory written by MLSAE.save_pretrained "
+                                    "or a released MLSAE (config.json + model.safetensors)")
+    return path
+
+
 def read_provenance(path: str | Path) -> dict:
     """What a saved SAE says it was trained on (``{}`` for a folder saved without it)."""
     file = Path(path) / PROVENANCE_FILE
@@ -143,7 +150,7 @@ def read_provenance(path: str | Path) -> dict:
 def sae_folder(source: str | Path) -> Path:
     """The folder of the MLSAE that ``source`` names: a training run (its ``sae/``), an SAE folder (ours or a
     released one) or a hub id in the local cache; fails at once, naming what is missing."""
-    folder = _local_or_hub(source)
+    folder = local_folder(source)
     if (folder / "sae" / CONFIG_FILE).is_file():
         folder = folder / "sae"
     if not (folder / CONFIG_FILE).is_file():
@@ -201,45 +208,79 @@ def released_facts(folder: Path) -> dict:
     return {"model": raw["model_name"], "tuned_lens": bool(raw.get("tuned_lens", False))}
 
 
-def _local_or_hub(path: str | Path) -> Path:
-    """A local folder, or the snapshot of hub repo ``path`` (cache first; download unless offline)."""
-    local = Path(path).expanduser()
-    text = str(path)
-    if local.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
-        return local
+def is_hub_id(source: str | Path) -> bool:
+    """Whether ``source`` names a hub repository (``org/name``) rather than a local folder: it does not exist
+    here, does not start like a path (``.``, ``/``, ``~``) and has exactly one ``/``."""
+    text = str(source)
+    return not (Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") != 1)
+
+
+def local_folder(source: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
+                 force_download: bool = False, local_files_only: bool = False, token: str | bool | None = None) -> Path:
+    """A local folder as it is, or the snapshot of hub repo ``source`` at ``revision`` (a branch, a tag or a
+    commit; default ``main``): from the local cache first, downloaded unless offline (``HF_HUB_OFFLINE``,
+    ``local_files_only``). Fails at once naming the repository, the revision and how to fetch it."""
+    if not is_hub_id(source):
+        if revision is not None:
+            raise ValueError(f"{source}: a local folder has no revisions (revision={revision!r} is for hub ids "
+                             "such as tim-lawson/mlsae-pythia-70m-deduped-x64-k32)")
+        return Path(source).expanduser()
     from huggingface_hub import snapshot_download  # heavy: loaded where used
 
-    try:
-        return Path(snapshot_download(text, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached: try the hub unless told not to
-        if hub.offline_requested():
-            raise FileNotFoundError(f"{text}: no such folder, and the hub repo is not in the local cache "
-                                    f"(HF_HUB_OFFLINE is set); fetch it with `hf download {text}`") from None
+    text, at = str(source), "" if revision is None else f" at revision {revision!r}"
+
+    def snapshot(**kw) -> Path:
+        return Path(str(snapshot_download(text, revision=revision, cache_dir=cache_dir, token=token, **kw)))
+
+    if not force_download:
         try:
-            return Path(snapshot_download(text))
-        except Exception as err:  # noqa: BLE001
-            raise FileNotFoundError(f"{text}: no such folder, and the hub repo could not be fetched "
-                                    f"({type(err).__name__}: {err})") from None
+            return snapshot(local_files_only=True)
+        except Exception:  # noqa: BLE001 - not cached (or not at that revision): try the hub unless told not to
+            pass
+    if local_files_only or hub.offline_requested():
+        raise FileNotFoundError(f"{text}: no such folder, and the hub repo{at} is not in the local cache "
+                                f"(HF_HUB_OFFLINE is set or local_files_only=True); fetch it with `hf download "
+                                f"{text}{'' if revision is None else ' --revision ' + revision}`")
+    try:
+        return snapshot(force_download=force_download)
+    except Exception as err:  # noqa: BLE001
+        raise FileNotFoundError(f"{text}: no such folder, and the hub repo{at} could not be fetched "
+                                f"({type(err).__name__}: {err})") from None
 
 
-def model_card(cfg: SAEConfig, provenance: dict) -> str:
-    """A Hugging Face model card (``README.md``) stating what the SAE is and what it was trained on."""
-    p = provenance
+MODEL_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+{{ body }}
+Paper: {{ paper_url }}
+"""
+
+
+def model_card_body(cfg: SAEConfig, provenance: dict | None) -> str:
+    """The model card's text below its metadata: what the SAE is and, from ``provenance``, what it was trained on.
+    The card itself (metadata, template) is the Hub mixin's: :meth:`mlsae.sae.model.MLSAE.generate_model_card`."""
+    p = provenance or {}
     layers = "every layer (a multi-layer SAE)" if cfg.layers is None else f"layers {cfg.layers}"
+    shape = f"{cfg.n_latents} (R = {cfg.n_latents // cfg.d_model}), k = {cfg.k}, d_model = {cfg.d_model}"
+    if not p:
+        return (f"# Multi-layer SAE\n\nA top-k sparse autoencoder on the residual stream of {layers}: {shape} latents. "
+                "Saved without provenance (what it was trained on is not recorded).\n\n"
+                "Load with `MLSAE.from_pretrained(path_or_repo)`.\n")
     lens = f"yes ({p.get('lens')})" if p.get("tuned_lens") else "no"
     metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in (p.get("metrics") or {}).items())
     rows = [("model", f"`{p.get('model')}`"), ("model weights", f"`{p.get('model_identity')}`"),
             ("layers", layers), ("tuned lens", lens), ("data", f"`{p.get('data')}` ({p.get('split', 'train')} split), "
                                                                 f"`{p.get('data_identity')}`"),
-            ("latents", f"{cfg.n_latents} (R = {cfg.n_latents // cfg.d_model}), k = {cfg.k}, d_model = {cfg.d_model}"),
+            ("latents", shape),
             ("preset", f"`{p.get('preset')}`"), ("tokens seen", f"{p.get('tokens'):,}" if p.get("tokens") else "?"),
             ("training", f"{p.get('steps', '?')} steps, seed {p.get('seed', '?')}, {p.get('processes', 1)} process(es)"),
             ("final training metrics", metrics or "?"), ("cache key", f"`{p.get('cache_key')}`"),
             ("mlsae", f"{p.get('mlsae_version')} (git {p.get('git_commit') or 'unknown'})")]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return (f"---\nlibrary_name: mlsae\ntags:\n- sparse-autoencoder\n- interpretability\n---\n\n"
-            f"# Multi-layer SAE for `{p.get('model')}`\n\n"
+    return (f"# Multi-layer SAE for `{p.get('model')}`\n\n"
             f"A top-k sparse autoencoder trained on the residual stream of {layers} of `{p.get('model')}` "
             f"with `mlsae`, a reproduction of *Residual Stream Analysis with Multi-Layer SAEs* (ICLR 2025).\n\n"
             f"| | |\n| --- | --- |\n{table}\n\n"
-            f"Load with `MLSAE.from_pretrained(path)`; evaluate with `python -m mlsae eval <run folder>`.\n")
+            "Load with `MLSAE.from_pretrained(path_or_repo, revision=...)`; evaluate with "
+            "`python -m mlsae eval <run folder>`; use it in SAELens with `python -m mlsae export <run> --format saelens`.\n")

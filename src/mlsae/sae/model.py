@@ -18,10 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCard, ModelHubMixin
 from torch import Tensor, nn
 
 from mlsae.sae.config import PAPER_TOKENS_PER_FORWARD, PAPER_TOKENS_PER_STEP, SAEConfig
-from mlsae.sae.io import read_sae, write_sae
+from mlsae.sae.io import (
+    MODEL_CARD_TEMPLATE,
+    check_sae_files,
+    local_folder,
+    model_card_body,
+    read_provenance,
+    read_sae,
+    write_sae,
+)
 from mlsae.sae.kernels import sparse_decode, topk_encode
 
 EPS = 1e-5  # standardisation
@@ -109,16 +118,22 @@ def geometric_median(points: Tensor, max_iter: int = 200, tol: float = 1e-7) -> 
     return med.to(points.dtype)
 
 
-class MLSAE(nn.Module):
+class MLSAE(nn.Module, ModelHubMixin, library_name="mlsae", paper_url="https://arxiv.org/abs/2409.04185",
+            tags=["sparse-autoencoder", "interpretability", "multi-layer-sae"],
+            model_card_template=MODEL_CARD_TEMPLATE):
     """TopK SAE over the residual vectors of every layer (see module docstring).
 
     Parameters: ``W_enc`` [n_latents, d], ``W_dec_rows`` [n_latents, d] and ``b_pre`` [d]; buffer
     ``tokens_since_fired`` [n_latents]. The decoder ``W_dec`` [d, n_latents] (unit-norm columns) is
     the view ``W_dec_rows.T``: stored row-major so that each latent's decoder vector is contiguous,
     which ``embedding_bag`` and fused Adam need to be fast. Its gradient lives on ``W_dec_rows``.
+
+    The Hub's ``ModelHubMixin`` gives ``from_pretrained(repo, revision=...)``, ``push_to_hub`` and the model card's
+    metadata; the files are ours (:mod:`mlsae.sae.io`), so the released ``tim-lawson/mlsae-*`` layouts load too.
     """
 
     tokens_since_fired: Tensor  # a registered buffer (nn.Module's attribute lookup does not say so)
+    provenance: dict | None  # what a loaded SAE says it was trained on (provenance.json); saved with it again
 
     def __init__(self, cfg: SAEConfig, *, device: torch.device | str | None = None, dtype=torch.float32):
         super().__init__()
@@ -131,6 +146,7 @@ class MLSAE(nn.Module):
         counter = torch.zeros(cfg.n_latents, dtype=torch.long, device=device)
         self.register_buffer("tokens_since_fired", counter)  # [m], saved with the model
         self.chunk_rows: int | None = None  # rows per pre-activation chunk; None: kernels.CHUNK_ELEMS
+        self.provenance = None
 
     @property
     def W_dec(self) -> Tensor:
@@ -276,25 +292,49 @@ class MLSAE(nn.Module):
 
     # --- checkpoints ---------------------------------------------------------------------------
 
-    def save_pretrained(self, path: str | Path, provenance: dict | None = None) -> None:
-        """Write ``model.safetensors`` + ``config.json`` into directory ``path`` atomically; with
-        ``provenance`` (what it was trained on, see :mod:`mlsae.training.provenance`), also ``provenance.json``
-        and a generated model card ``README.md``, as on the Hugging Face hub (:func:`mlsae.sae.io.write_sae`)."""
+    def save_pretrained(self, save_directory: str | Path, provenance: dict | None = None, *,  # type: ignore[override]
+                        push_to_hub: bool = False, repo_id: str | None = None, config: dict | None = None,
+                        model_card_kwargs: dict | None = None, **push_to_hub_kwargs) -> str | None:
+        """Write ``model.safetensors``, ``config.json`` and the model card ``README.md`` into ``save_directory``
+        atomically, with ``provenance`` (what it was trained on, :mod:`mlsae.training.provenance`; default: the
+        provenance it was loaded with) also ``provenance.json``; ``push_to_hub=True`` then uploads the folder to
+        ``repo_id`` (the mixin's ``push_to_hub``). The mixin's own ``save_pretrained`` is not used because it deletes
+        ``config.json`` before writing, which would leave a broken folder if the write failed."""
+        if config is not None:
+            raise ValueError("config: an MLSAE's config.json is its SAEConfig (sae.cfg); it takes no other")
+        provenance = self.provenance if provenance is None else provenance
         tensors = {"W_enc": self.W_enc, "W_dec": self.W_dec, "b_pre": self.b_pre,
                    "tokens_since_fired": self.tokens_since_fired}
-        write_sae(path, self.cfg, tensors, provenance)
+        card = self.generate_model_card(provenance=provenance, **(model_card_kwargs or {}))
+        write_sae(save_directory, self.cfg, tensors, provenance, card=str(card))
+        if push_to_hub:
+            return self.push_to_hub(repo_id or Path(save_directory).name, model_card_kwargs=model_card_kwargs,
+                                    **push_to_hub_kwargs)
+        return None
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        self.save_pretrained(save_directory)
+
+    def generate_model_card(self, *args, provenance: dict | None = None, **kwargs) -> ModelCard:
+        """The Hub card: the mixin's metadata (``library_name: mlsae``, tags, paper) above our table of what the SAE
+        is and was trained on (:func:`mlsae.sae.io.model_card_body`)."""
+        body = model_card_body(self.cfg, self.provenance if provenance is None else provenance)
+        return super().generate_model_card(*args, body=body, **kwargs)
 
     @classmethod
     def from_pretrained(
         cls,
-        path: str | Path,
+        pretrained_model_name_or_path: str | Path,
         *,
+        revision: str | None = None,
         device: torch.device | str | None = None,
         tokens_per_step: int = PAPER_TOKENS_PER_STEP,
         tokens_per_forward: int = PAPER_TOKENS_PER_FORWARD,
+        **hub_kwargs,
     ) -> MLSAE:
-        """Load a directory written by ``save_pretrained`` or a released MLSAE (hub layout); ``path`` may
-        also be a Hugging Face hub id (``org/name``), taken from the local cache or downloaded.
+        """Load a directory written by ``save_pretrained``, a released MLSAE (hub layout), or a Hugging Face hub id
+        (``org/name``) at ``revision`` (a branch, tag or commit; the cache first, downloaded unless offline);
+        ``hub_kwargs``: the mixin's ``cache_dir``, ``force_download``, ``local_files_only``, ``token``.
 
         The layout is detected from ``config.json`` (:func:`mlsae.sae.io.released_layout`). Released checkpoints count dead
         latents in steps: ``dead_tokens = dead_steps_threshold * tokens_per_step`` and
@@ -302,7 +342,18 @@ class MLSAE(nn.Module):
         tokens per step, one sequence per forward; a ``-tfm`` checkpoint states its own). ``auxk: null`` becomes
         ``k_aux=0``. Only the SAE's tensors are read, so a ``-tfm`` file's transformer weights stay on disk.
         """
-        cfg, tensors = read_sae(path, tokens_per_step, tokens_per_forward)
+        # The folder is found first, so a missing local folder or an uncached repo fails with our message (the
+        # mixin would try to download config.json, then raise the hub library's error).
+        folder = check_sae_files(local_folder(pretrained_model_name_or_path, revision=revision, **hub_kwargs))
+        return super().from_pretrained(folder, device=device, tokens_per_step=tokens_per_step,
+                                       tokens_per_forward=tokens_per_forward)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
+                         local_files_only: bool, token, device=None, tokens_per_step: int = PAPER_TOKENS_PER_STEP,
+                         tokens_per_forward: int = PAPER_TOKENS_PER_FORWARD, **_) -> MLSAE:
+        """The mixin's loading hook: ``model_id`` is the local folder :meth:`from_pretrained` resolved."""
+        cfg, tensors = read_sae(model_id, tokens_per_step, tokens_per_forward)
         sae = cls(cfg, device="meta").to_empty(device=device or "cpu")  # skip the random init
         with torch.no_grad():
             sae.W_enc.copy_(tensors["W_enc"])
@@ -311,7 +362,9 @@ class MLSAE(nn.Module):
             sae.tokens_since_fired.zero_()
             if "tokens_since_fired" in tensors:
                 sae.tokens_since_fired.copy_(tensors["tokens_since_fired"])
+        sae.provenance = read_provenance(model_id) or None
         return sae
+
 
 def dense_reference_loss(
     sae: MLSAE, x: Tensor, dead_mask: Tensor | None = None
