@@ -98,7 +98,7 @@ def test_eval_of_a_released_sae_uses_the_models_own_data_and_says_so(tmp_path, e
     assert main(["eval", "--sae", str(tmp_path / "sae"), "--model", "pythia-70m", "--seq-len", "16",
                  "--tokens", "64", "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
-    assert "no provenance: evaluating on monology/pile-uncopyrighted (test split) at 16 positions" in out
+    assert "no provenance: using monology/pile-uncopyrighted (test split) at 16 positions" in out
 
 
 def test_a_budget_smaller_than_one_step_is_refused_with_the_numbers(monkeypatch, capsys):

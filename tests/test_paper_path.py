@@ -167,7 +167,7 @@ def test_a_released_mlsae_is_evaluated_and_analysed_in_a_notebook_without_traini
                                                 and hub_machine / "released"))
     assert main(["eval", "--sae", RELEASED, "--model", "pythia-70m", "--seq-len", "32", "--tokens", "256",
                  "--batch-size", "4"]) == 0
-    assert f"no provenance: evaluating on {HUB_DATA} (test split) at 32 positions" in capsys.readouterr().out
+    assert f"no provenance: using {HUB_DATA} (test split) at 32 positions" in capsys.readouterr().out
 
     params = {"pretrained_sae": RELEASED, "preset": "paper", "models": '["pythia-70m"]', "analysis_tokens": 4096,
               "seq_len": 32, "batch_size": 4}

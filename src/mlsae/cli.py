@@ -128,38 +128,13 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     from mlsae.analysis.metrics import evaluate
-    from mlsae.data.sources import load_text
-    from mlsae.data.tokens import token_batches
-    from mlsae.models.lens import IDENTITY
-    from mlsae.models.lens_training import residual_lens_for
-    from mlsae.models.registry import load_model
-    from mlsae.sae.io import read_provenance, sae_folder
-    from mlsae.sae.model import MLSAE
-    from mlsae.sae.origin import check_model_of_sae, lens_of_sae, model_of_sae
+    from mlsae.studies.runs import open_run
 
     if (args.run is None) == (args.sae is None):
         raise ValueError("give the run folder (mlsae eval RUN_DIR) or --sae FOLDER, one of the two")
-    where = args.sae or args.run
-    folder = sae_folder(where)  # a run's sae/, an SAE folder or a hub id in the cache
-    sae = MLSAE.from_pretrained(folder).to(args.device)  # a missing or torn SAE fails before the model loads
-    saved = read_provenance(folder)
-    model_name = args.model or model_of_sae(where, folder, flag="--model")
-    check_model_of_sae(str(where), folder, model_name, flag="--model")  # never another model's weights, silently
-    if saved.get("train_config"):
-        cfg = TrainConfig.from_dict({**saved["train_config"], "model": model_name, "device": "cpu",
-                                     **({"data": args.data} if args.data else {})})
-    else:  # a released SAE, or one without provenance: the model's own text and context, said out loud
-        from mlsae.training.config import config_from_preset
-
-        cfg = config_from_preset("paper", model=model_name, data=args.data)
-        print(f"{where} has no provenance: evaluating on {cfg.data} (test split) at {args.seq_len or cfg.seq_len} "
-              "positions (--data and --seq-len choose others)", flush=True)
-    tuned_lens = lens_of_sae(where, folder) if args.tuned_lens is None else args.tuned_lens
-    model, tokenizer = load_model(model_name, device=args.device)
-    lens = residual_lens_for(model_name, model, tokenizer, **cfg.lens_kwargs()) if tuned_lens else IDENTITY
-    batches = token_batches(load_text(cfg.data, split="test"), tokenizer, args.seq_len or cfg.seq_len, args.batch_size,
-                            max_tokens=args.tokens)
-    result = evaluate(model, tokenizer, sae, batches, lens=lens)
+    run = open_run(args.sae or args.run, model=args.model, data=args.data, seq_len=args.seq_len,
+                   tuned_lens=args.tuned_lens, device=args.device)
+    result = evaluate(run.model, run.tokenizer, run.sae, run.batches(args.tokens, args.batch_size), lens=run.lens)
     for row in result.rows():
         print(json.dumps(row))
     return 0
