@@ -221,3 +221,32 @@ def test_push_to_hub_uploads_our_folder(tmp_path, monkeypatch):
     assert pushed["files"] == ["README.md", "config.json", "model.safetensors", "provenance.json"]
     assert torch.equal(pushed["sae"].W_enc, sae.W_enc) and pushed["sae"].provenance == {"model": "zoo-m"}
     assert "library_name: mlsae" in pushed["card"] and "`zoo-m`" in pushed["card"]
+
+
+# ---- the dashboard and Neuronpedia export from a training run ------------------------------------------------
+
+
+def test_dashboard_command_from_a_training_run(tmp_path, tiny_model_dir, capsys):
+    """`mlsae dashboard RUN` reads model, data and lens from the run's provenance, writes a site whose index and
+    chunks cover every latent, and with --neuronpedia the export beside it."""
+    from conftest import write_word_corpus
+    from mlsae.cli import main
+    from mlsae.training.config import config_from_preset
+    from mlsae.training.train import train
+
+    (tmp_path / "text").mkdir()
+    text = write_word_corpus(tmp_path / "text", n_train=200, seed=0)
+    cfg = config_from_preset("tiny", model=str(tiny_model_dir), data=str(text), expansion_factor=4, k=4, k_aux=8,
+                             seq_len=16, batch_size=4, max_tokens=16 * 4 * 6, dead_tokens=500)
+    train(cfg, tmp_path / "run", progress=False)
+    assert main(["dashboard", str(tmp_path / "run"), "--out", str(tmp_path / "dash"), "--tokens", "512",
+                 "--n-examples", "3", "--neuronpedia", str(tmp_path / "np")]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["latents"] == 4 * 32 and Path(report["index"]).is_file()
+    index = (tmp_path / "dash" / "data" / "index.js").read_text()
+    assert index.startswith("window.MLSAE_INDEX = ") and str(tmp_path / "run") in index
+    assert sorted(p.name for p in (tmp_path / "dash" / "data" / "latents").iterdir()) == ["chunk-0000.js", "chunk-0001.js"]
+    folder = Path(report["neuronpedia"])
+    assert (folder / "source.jsonl").is_file() and list((folder / "features").glob("*.jsonl.gz"))
+    assert main(["dashboard", str(tmp_path / "run"), "--out", str(text)]) == 2  # not a dashboard: refused
+    assert "dashboard" in capsys.readouterr().err and (text / "train.jsonl").exists()

@@ -8,6 +8,7 @@ Examples::
     python -m mlsae eval ~/.cache/mlsae/saes/<run> --tokens 50000    # model, data, lens from the run
     torchrun --standalone --nproc-per-node 2 -m mlsae train --model zoo-m   # data-parallel, 2 processes
     python -m mlsae export <run> --format saelens --out saelens/   # one SAELens TopKSAE per layer
+    python -m mlsae dashboard <run> --out dash/           # a static latent browser: open dash/index.html
     python -m mlsae figures --only 03 -p preset tiny     # one notebook, a few minutes on a laptop
 """
 
@@ -87,6 +88,19 @@ def main(argv: list[str] | None = None) -> int:
                    "it was trained on)")
     x.add_argument("--model", default=None, help="the model's name, when the SAE does not record it")
 
+    d = sub.add_parser("dashboard", help="write a static latent dashboard (open its index.html; no server needed)")
+    d.add_argument("run", help="a training run's folder, its sae/ folder, or a hub id")
+    d.add_argument("--out", type=Path, required=True, help="folder to write (an earlier dashboard there is replaced)")
+    d.add_argument("--tokens", type=int, default=50_000, help="held-out tokens analysed (default 50,000)")
+    d.add_argument("--n-examples", type=int, default=8, help="top examples kept per latent and layer (default 8)")
+    d.add_argument("--neuronpedia", type=Path, default=None,
+                   help="also write the Neuronpedia-style export (features/ and activations/ jsonl.gz) here")
+    for flag, help in (("--model", "default: the model the SAE was trained on"),
+                       ("--data", "default: the data the SAE was trained on (its test split)")):
+        d.add_argument(flag, default=None, help=help)
+    d.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default 16)")
+    d.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+
     z = sub.add_parser("zoo", help="build the offline model zoo and print its report")
     z.add_argument("names", nargs="*", help="zoo models to build (default: the whole default zoo)")
 
@@ -97,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra papermill parameter for every notebook (value parsed as JSON when possible)")
 
     args = parser.parse_args(argv)
-    commands = {"train": _train, "eval": _eval, "export": _export, "figures": _figures, "zoo": _zoo}
+    commands = {"train": _train, "eval": _eval, "export": _export, "dashboard": _dashboard, "figures": _figures, "zoo": _zoo}
     try:
         return commands[args.command](args)
     except (ValueError, TypeError, OSError, RuntimeError, ConnectionError, FloatingPointError) as err:
@@ -145,6 +159,28 @@ def _export(args) -> int:
 
     folders = export_saelens(args.run, args.out, layers=args.layers, model=args.model)
     print(json.dumps({"format": args.format, "out": str(args.out), "folders": [str(f) for f in folders]}))
+    return 0
+
+
+def _dashboard(args) -> int:
+    from mlsae.interop.dashboard import dashboard_data, write_dashboard
+    from mlsae.studies.runs import open_run
+
+    run = open_run(args.run, model=args.model, data=args.data, device=args.device)
+    data = dashboard_data(run.model, run.tokenizer, run.sae, run.batches(args.tokens, args.batch_size), lens=run.lens,
+                          n_examples=args.n_examples)
+    site = write_dashboard(data, args.out, title=f"{run.cfg.model}: MLSAE latents",
+                           meta={"source": run.source, "data": f"{run.cfg.data} (test split)"})
+    report = {"out": str(site.folder), "index": str(site.index), "latents": site.n_latents, "files": site.n_files,
+              "bytes": site.n_bytes}
+    if args.neuronpedia is not None:
+        from mlsae.interop.neuronpedia import write_neuronpedia
+
+        export = write_neuronpedia(data, args.neuronpedia, model_id=Path(run.cfg.model).name,
+                                   source_id=f"mlsae-x{round(run.sae.cfg.expansion_factor)}-k{run.sae.cfg.k}")
+        report["neuronpedia"] = str(export.folder)
+    print(json.dumps(report))
+    print(f"open {site.index} in a browser (or: python -m http.server -d {site.folder})", file=sys.stderr)
     return 0
 
 

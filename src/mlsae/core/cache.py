@@ -27,7 +27,7 @@ from typing import Protocol, TypeVar
 from mlsae.core.paths import atomic_write_text, run_lock
 
 # Bump one of these when the code computing that kind of artefact changes its result.
-VERSIONS = {"sae": 1, "lens": 1, "eval": 1, "distributions": 2, "examples": 1, "geometry": 1}
+VERSIONS = {"sae": 1, "lens": 1, "eval": 1, "distributions": 2, "examples": 1, "geometry": 1, "dashboard": 1}
 
 _DIGESTS: dict[tuple, str] = {}  # (path, size, mtime) -> content digest, for this process
 

@@ -34,6 +34,7 @@ from mlsae.core.paths import mlsae_home, safe_name
 from mlsae.core.presets import default_data
 from mlsae.data.sources import data_identity, load_text
 from mlsae.data.tokens import token_batches
+from mlsae.interop.dashboard import DashboardData, dashboard_data, write_dashboard
 from mlsae.models.lens import IDENTITY, IdentityLens, ResidualLens
 from mlsae.models.lens_training import lens_fields, residual_lens_for
 from mlsae.models.registry import (
@@ -357,6 +358,19 @@ class Experiment:
         return cached(self.out_dir, "examples", fields, MaxExamples.load, lambda: max_examples(
             *self.load_lm(), self.train(), self.batches(self.analysis_tokens), lens=self.prepare_lens(), n_examples=n_examples,
             progress=self.progress))
+
+    def dashboard(self, out: str | Path | None = None, n_examples: int = 8):
+        """The latent dashboard of this SAE, a static site (:func:`mlsae.interop.dashboard.write_dashboard`): its data
+        (every latent's distribution over layers, top examples per layer, nearest tokens) cached next to the SAE,
+        the site written into ``out`` (default: ``<out_dir>/dashboard``). Returns the
+        :class:`~mlsae.interop.dashboard.DashboardSite`; open its ``index`` in a browser."""
+        typed_parameter("n_examples", n_examples, int)
+        fields = dict(self._stream_fields(self.analysis_tokens), n_examples=n_examples)
+        data = cached(self.out_dir, "dashboard", fields, DashboardData.load, lambda: dashboard_data(
+            *self.load_lm(), self.train(), self.batches(self.analysis_tokens), lens=self.prepare_lens(),
+            n_examples=n_examples, progress=self.progress))
+        return write_dashboard(data, Path(out) if out is not None else self.out_dir / "dashboard",
+                               title=f"{self.model}: MLSAE latents", meta={"experiment": self.slug})
 
     def geometry_fields(self) -> dict:
         """What :meth:`geometry` depends on (its cache key): the model's weights, the text and the lens."""
