@@ -101,10 +101,26 @@ def summarise(path: Path) -> dict:
     }
 
 
-def check(notebook: str, parameters: dict, screenshot: Path, timeout: float) -> dict:
+def chromium(profile: Path, window: tuple[int, int] = (1280, 1400), console: bool = False):
+    """Debian's headless Chromium through selenium, offline, with its profile in ``profile``; ``console=True`` keeps
+    the page's console messages (``driver.get_log("browser")``)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--window-size={window[0]},{window[1]}", f"--user-data-dir={profile}"):
+        options.add_argument(arg)
+    if console:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for a driver online
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+def check(notebook: str, parameters: dict, screenshot: Path, timeout: float) -> dict:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -133,18 +149,11 @@ def check(notebook: str, parameters: dict, screenshot: Path, timeout: float) -> 
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         env=env, stdout=subprocess.DEVNULL, stderr=open(work / "lab.log", "w"),
     )
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1400,2200", f"--user-data-dir={work / 'chromium'}"):
-        options.add_argument(arg)
-    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for a driver online
     driver = None
     start = time.monotonic()
     try:
         _wait("JupyterLab to start", lambda: _api(port, "status"), 60)
-        driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+        driver = chromium(work / "chromium", window=(1400, 2200))
         driver.get(f"http://127.0.0.1:{port}/lab/tree/{path.name}")
         _wait("the notebook to open", lambda: driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"), 90)
         _wait("its kernel", lambda: _kernel_states(port) == ["idle"], 90)

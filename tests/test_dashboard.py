@@ -26,7 +26,20 @@ from mlsae.sae.model import MLSAE
 
 TOL = 1e-5  # activations recomputed in other batches than the reference's: float32 rounding only
 CONTEXT = (3, 2)
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "browser_check.py"
+
+
+def _browser_check():
+    """scripts/browser_check.py (its ``chromium`` driver and the browser paths), loaded as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("browser_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CHROMIUM, CHROMEDRIVER = _browser_check().CHROMIUM, _browser_check().CHROMEDRIVER
 
 
 # ---- the numbers: a tiny model and SAE against a dense reference ----------------------------------------------
@@ -274,19 +287,7 @@ def _driver(tmp_path: Path):
         if os.environ.get("MLSAE_REQUIRE_BROWSER") == "1":
             pytest.fail(f"{CHROMIUM} or {CHROMEDRIVER} missing although MLSAE_REQUIRE_BROWSER=1")
         pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1280,1400", f"--user-data-dir={tmp_path / 'chromium'}"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for a driver online
-    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    return _browser_check().chromium(tmp_path / "chromium", window=(1280, 1400), console=True)
 
 
 def _wait(what: str, check, timeout: float = 10.0):
