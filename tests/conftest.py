@@ -60,6 +60,35 @@ def make_tiny_neox(vocab_size: int = 64, seed: int = 0, **overrides):
     return GPTNeoXForCausalLM(GPTNeoXConfig(**kw)).eval()
 
 
+def make_micro_setup():
+    """A tiny GPT-NeoX, its tokenizer, a random 64-latent SAE and three [3, 16] batches of input ids whose first
+    tokens are special (EOS/BOS id 0; <unk> id 1 occurs too), which are never analysed: what the example and
+    dashboard tests compare against their dense references."""
+    import torch
+
+    from mlsae.sae.config import SAEConfig
+    from mlsae.sae.model import MLSAE
+
+    tokenizer = make_tiny_tokenizer()
+    model = make_tiny_neox(vocab_size=len(tokenizer), seed=1)
+    torch.manual_seed(0)
+    sae = MLSAE(SAEConfig(d_model=32, n_latents=64, k=4)).eval()
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randint(0, len(tokenizer), (3, 16), generator=g) for _ in range(3)]
+    batches[0][0, :3] = 0
+    return model, tokenizer, sae, batches
+
+
+def load_browser_check():
+    """scripts/browser_check.py (the Chromium driver, the browser paths, the JupyterLab check), loaded as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("browser_check", Path(__file__).resolve().parents[1] / "scripts" / "browser_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def save_tiny_model_dir(path: Path, model=None, tokenizer=None) -> Path:
     """Write model + tokenizer with save_pretrained into ``path`` (a zoo-like folder)."""
     tokenizer = tokenizer or make_tiny_tokenizer()

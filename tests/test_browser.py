@@ -6,25 +6,17 @@ Needs Debian's chromium and chromium-driver; ``.ci/run`` installs them and sets
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "browser_check.py"
-
-
-def _browser_check():
-    spec = importlib.util.spec_from_file_location("browser_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_browser_check
 
 
 @pytest.mark.slow
 def test_notebook_03_runs_clean_in_jupyterlab(tmp_path, monkeypatch):
-    bc = _browser_check()
+    bc = load_browser_check()
     if not (Path(bc.CHROMIUM).exists() and Path(bc.CHROMEDRIVER).exists()):
         if os.environ.get("MLSAE_REQUIRE_BROWSER") == "1":
             pytest.fail(f"{bc.CHROMIUM} or {bc.CHROMEDRIVER} missing although MLSAE_REQUIRE_BROWSER=1")

@@ -16,30 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_neox, make_tiny_tokenizer
+from conftest import load_browser_check, make_micro_setup
 from mlsae.analysis.latent_records import DashboardData, dashboard_data
 from mlsae.interop.dashboard import CHUNK_SIZE, MARKER, SITE_FILES, write_dashboard
 from mlsae.interop.neuronpedia import write_neuronpedia
 from mlsae.models.residuals import residual_streams, special_token_mask
-from mlsae.sae.config import SAEConfig
-from mlsae.sae.model import MLSAE
 
 TOL = 1e-5  # activations recomputed in other batches than the reference's: float32 rounding only
 CONTEXT = (3, 2)
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "browser_check.py"
-
-
-def _browser_check():
-    """scripts/browser_check.py (its ``chromium`` driver and the browser paths), loaded as a module."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("browser_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CHROMIUM, CHROMEDRIVER = _browser_check().CHROMIUM, _browser_check().CHROMEDRIVER
+CHROMIUM, CHROMEDRIVER = load_browser_check().CHROMIUM, load_browser_check().CHROMEDRIVER
 
 
 # ---- the numbers: a tiny model and SAE against a dense reference ----------------------------------------------
@@ -47,14 +32,7 @@ CHROMIUM, CHROMEDRIVER = _browser_check().CHROMIUM, _browser_check().CHROMEDRIVE
 
 @pytest.fixture(scope="module")
 def micro():
-    tokenizer = make_tiny_tokenizer()
-    model = make_tiny_neox(vocab_size=len(tokenizer), seed=1)
-    torch.manual_seed(0)
-    sae = MLSAE(SAEConfig(d_model=32, n_latents=64, k=4)).eval()
-    g = torch.Generator().manual_seed(3)
-    batches = [torch.randint(0, len(tokenizer), (3, 16), generator=g) for _ in range(3)]
-    batches[0][0, :3] = 0  # special tokens (EOS/BOS id 0; <unk> id 1 occurs too) are never analysed
-    return model, tokenizer, sae, batches
+    return make_micro_setup()
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +265,7 @@ def _driver(tmp_path: Path):
         if os.environ.get("MLSAE_REQUIRE_BROWSER") == "1":
             pytest.fail(f"{CHROMIUM} or {CHROMEDRIVER} missing although MLSAE_REQUIRE_BROWSER=1")
         pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
-    return _browser_check().chromium(tmp_path / "chromium", window=(1280, 1400), console=True)
+    return load_browser_check().chromium(tmp_path / "chromium", window=(1280, 1400), console=True)
 
 
 def _wait(what: str, check, timeout: float = 10.0):

@@ -3,11 +3,9 @@
 import pytest
 import torch
 
-from conftest import make_tiny_neox, make_tiny_tokenizer
+from conftest import make_micro_setup
 from mlsae.analysis.examples import ExampleBrowser, MaxExamples, MaxExamplesAccumulator, max_examples
 from mlsae.models.residuals import residual_streams, special_token_mask
-from mlsae.sae.config import SAEConfig
-from mlsae.sae.model import MLSAE
 
 
 def _brute_top(a, n):
@@ -49,14 +47,7 @@ def test_streaming_merge_matches_brute_force_including_ties(n):
 
 @pytest.fixture(scope="module")
 def micro():
-    tokenizer = make_tiny_tokenizer()
-    model = make_tiny_neox(vocab_size=len(tokenizer), seed=1)
-    torch.manual_seed(0)
-    sae = MLSAE(SAEConfig(d_model=32, n_latents=64, k=4)).eval()
-    g = torch.Generator().manual_seed(3)
-    batches = [torch.randint(0, len(tokenizer), (3, 16), generator=g) for _ in range(3)]
-    batches[0][0, :3] = 0  # special tokens (EOS/BOS id 0, <unk> id 1 also occurs) are never examples
-    return model, tokenizer, sae, batches
+    return make_micro_setup()
 
 
 @torch.no_grad()
