@@ -55,6 +55,7 @@ CI_PARAMETERS: dict[str, dict] = {
     "10_single_layer_baselines": {"preset": "tiny"},
     "11_max_examples": {"preset": "tiny", "latent": 355},
     "12_model_families": {"preset": "tiny"},
+    "13_cross_layer_dictionaries": {"preset": "tiny"},
 }
 
 

@@ -46,6 +46,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
             parser.add_argument(*flags, dest=name, choices=choices[name], default=None, help=help)
         elif kind in (int, float, str):
             parser.add_argument(*flags, dest=name, type=kind, default=None, help=help)
+        elif kind == (int | None):  # an optional number: given, or the preset's None
+            parser.add_argument(*flags, dest=name, type=int, default=None, help=help)
         elif kind == (list[int] | None):
             parser.add_argument(*flags, dest=name, type=_layers, default=None, help=help)
         else:  # a new field of another type must say how it is parsed

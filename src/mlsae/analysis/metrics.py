@@ -33,6 +33,7 @@ from mlsae.core.paths import load_result, save_result
 from mlsae.core.progress import bar
 from mlsae.models.lens import IDENTITY, Lens, as_lens
 from mlsae.models.residuals import check_layers, logits_from_layer, residual_batches
+from mlsae.sae.config import CrosscoderConfig
 from mlsae.sae.model import MLSAE
 from mlsae.sae.pipeline import sae_inputs
 
@@ -106,6 +107,9 @@ def evaluate(
     """
     check_sae_matches_model(sae, model)
     layers = check_layers(sae.cfg.layers if layers is None else layers, model.config.num_hidden_layers)
+    if isinstance(sae.cfg, CrosscoderConfig) and layers != sae.cfg.layers:
+        raise ValueError(f"a crosscoder reads and writes the layers it was trained on, {sae.cfg.layers}, together; "
+                         f"it cannot be evaluated on layers {layers} (leave layers=None)")
     was_training = sae.training
     sae.eval()
     try:

@@ -36,6 +36,16 @@ TRAIN_PRESETS: dict[str, dict] = {
 }
 
 
+# Notebook 13's learning rates: each dictionary at its own best lr of the grid {3e-4, 1e-3, 3e-3, 1e-2}, measured
+# by benchmarks/cross_layer_lr.py at the preset's budget (README, "Cross-layer dictionaries"); None: the train preset's
+# lr. "paper": the paper's constant 1e-4 for all (no grid was run on Pythia here).
+CROSS_LAYER_LR: dict[str, dict[str, float | None]] = {
+    "tiny": {"mlsae": None, "equal latents": None, "equal parameters": None},
+    "default": {"mlsae": None, "equal latents": None, "equal parameters": None},
+    "paper": {"mlsae": None, "equal latents": None, "equal parameters": None},
+}
+
+
 # Notebook presets: the train preset they use (R and the sequence length come from it), which models
 # the model-size figures use, the evaluation/analysis budgets (batch_size: sequences per evaluation
 # batch) and the sweep grid. HUB_DATA is the text used for models outside the zoo.
@@ -47,6 +57,7 @@ NOTEBOOK_PRESETS: dict[str, dict] = {
                    analysis_tokens=4_096),
         families={"GPT-NeoX": ["micro-s", "micro-m"], "GPT-2": ["micro-gpt2-s", "micro-gpt2-m"],
                   "Llama": ["micro-llama-s", "micro-llama-m"]},
+        cross_layer=dict(lr=CROSS_LAYER_LR["tiny"]),
     ),
     "default": dict(
         train="default", model="zoo-m", models=["zoo-s", "zoo-m", "zoo-xl"],
@@ -55,6 +66,7 @@ NOTEBOOK_PRESETS: dict[str, dict] = {
                    train_tokens=500_000, analysis_tokens=65_536),
         families={"GPT-NeoX": ["zoo-s", "zoo-m"], "GPT-2": ["zoo-gpt2-s", "zoo-gpt2-m"],
                   "Llama": ["zoo-llama-s", "zoo-llama-m"]},
+        cross_layer=dict(lr=CROSS_LAYER_LR["default"]),
     ),
     "paper": dict(
         train="paper", model="pythia-70m", models=["pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b"],
@@ -64,6 +76,7 @@ NOTEBOOK_PRESETS: dict[str, dict] = {
         families={"GPT-NeoX": ["pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b"],
                   "GPT-2": ["gpt2", "gpt2-medium", "gpt2-large"],
                   "Llama": ["TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", "meta-llama/Llama-3.2-1B"]},
+        cross_layer=dict(lr=CROSS_LAYER_LR["paper"]),
     ),
 }
 HUB_DATA = "monology/pile-uncopyrighted"

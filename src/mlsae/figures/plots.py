@@ -436,9 +436,10 @@ def layer_matrix(matrix: np.ndarray, row_labels: Sequence[str], label: str, log:
 
 
 @_themed
-def agreement(best_cos: np.ndarray, mean_layer: np.ndarray, n_layers: int) -> Figure:
-    """MLSAE latents' max decoder cosine similarity with each single-layer SAE ([sae layer, latent]),
-    averaged over MLSAE latents binned by their mean layer."""
+def agreement(best_cos: np.ndarray, mean_layer: np.ndarray, n_layers: int,
+              ylabel: str = "single-layer SAE of layer", title: str = "") -> Figure:
+    """MLSAE latents' max decoder cosine similarity with each single-layer SAE ([sae layer, latent]; or with a
+    crosscoder's decoder directions at each layer), averaged over MLSAE latents binned by their mean layer."""
     ok = ~np.isnan(mean_layer)
     bins = np.clip(np.round(mean_layer[ok]).astype(int), 0, n_layers - 1)
     grid = np.array([[best_cos[s, ok][bins == b].mean() if (bins == b).any() else np.nan for b in range(n_layers)]
@@ -451,6 +452,33 @@ def agreement(best_cos: np.ndarray, mean_layer: np.ndarray, n_layers: int) -> Fi
     ax.set_xticks(range(n_layers), [f"{b}\n({c})" for b, c in enumerate(counts)])
     ax.set_yticks(range(best_cos.shape[0]))
     ax.set_xlabel("MLSAE latents by nearest mean layer (count)")
-    ax.set_ylabel("single-layer SAE of layer")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="mean max cosine similarity")
+    return fig
+
+
+@_themed
+def per_layer_metrics(rows: Sequence[dict], metrics: Sequence[str] = ("FVU", "delta CE", "KL")) -> Figure:
+    """Notebook 13: each metric per layer (rows of ``{"model", "dictionary", "layer", metric...}``), one column per
+    model, one line per dictionary; log scale (the metrics span orders of magnitude across dictionaries)."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    names = list(dict.fromkeys(r["dictionary"] for r in rows))
+    fig, axes = plt.subplots(len(metrics), len(models), figsize=(3.6 * len(models), 2.4 * len(metrics)),
+                             constrained_layout=True, squeeze=False)
+    for j, model in enumerate(models):
+        for i, metric in enumerate(metrics):
+            ax = axes[i, j]
+            for name in names:
+                pts = sorted((r["layer"], r[metric]) for r in rows if r["model"] == model and r["dictionary"] == name)
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=name)
+            ax.set_yscale("log")
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+            ax.set_xlabel("layer")
+            ax.set_ylabel(metric + (" (nats / token)" if metric in ("delta CE", "KL") else ""))
+            if i == 0:
+                ax.set_title(model, fontsize=9)
+    axes[0, -1].legend(fontsize=7)
     return fig

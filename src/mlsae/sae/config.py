@@ -1,6 +1,7 @@
 """What an SAE is: the hyper-parameters a user chooses before the model's width is known
 (:class:`SAEHyperparameters`, which a training run's config nests), the shape and hyper-parameters of one built
-MLSAE (:class:`SAEConfig`, saved beside its weights) and the names of its files."""
+MLSAE (:class:`SAEConfig`, saved beside its weights) or crosscoder (:class:`CrosscoderConfig`) and the names of
+its files."""
 
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ class SAEHyperparameters:
     # directions, then the encoder scaled on the first batch (MLSAE.fit_encoder_scale_), which short
     # runs need (the offline presets use it; see mlsae.core.presets).
     encoder_init: Literal["unit", "fit"] = "unit"  # unit: the paper's; fit: scaled on the first batch
+    # The dictionary: "mlsae" (one encoder for every layer's vectors, the paper's) or "crosscoder" (one latent
+    # vector per token, read from and written to every layer: mlsae.sae.crosscoder; k is then per token).
+    architecture: Literal["mlsae", "crosscoder"] = "mlsae"  # mlsae: the paper's; crosscoder: one code per token
+    n_latents: int | None = None  # the number of latents; None: R x d_model (a crosscoder at equal parameters: / layers)
+    sparsity: Literal["topk", "l1"] = "topk"  # crosscoder only: topk (with AuxK), or l1 (decoder-norm weighted)
+    l1_coef: float = 1.0  # crosscoder with sparsity l1: weight of sum_i f_i sum_l ||W_dec[l, i]||
 
     def __post_init__(self) -> None:
         if not isinstance(self.expansion_factor, int) or self.expansion_factor <= 0:
@@ -38,13 +45,34 @@ class SAEHyperparameters:
                              "(the paper uses 1..256)")
         check_sparsity(self.k, self.k_aux, self.auxk_coef, self.dead_tokens)
         check_choices(self)
+        if self.n_latents is not None and (isinstance(self.n_latents, bool) or not isinstance(self.n_latents, int)
+                                           or self.n_latents <= 0):
+            raise ValueError(f"n_latents must be a positive integer or None (R x d_model), got {self.n_latents!r}")
+        if self.architecture == "mlsae" and self.sparsity != "topk":
+            raise ValueError(f"sparsity={self.sparsity!r} is a crosscoder option; the MLSAE is top-k "
+                             "(use architecture='crosscoder', or sparsity='topk')")
+        if isinstance(self.l1_coef, bool) or not isinstance(self.l1_coef, (int, float)) or \
+                not math.isfinite(self.l1_coef) or self.l1_coef < 0:
+            raise ValueError(f"l1_coef must be a finite number >= 0, got {self.l1_coef!r}")
+
+    def defaults_left(self) -> tuple[str, ...]:
+        """The fields added with the crosscoder that still hold their defaults: a cache key leaves them out, so an
+        MLSAE's key is the one it had before they existed."""
+        return tuple(f.name for f in fields(self) if f.name in _CROSSCODER_FIELDS and getattr(self, f.name) == f.default)
 
     def sae_config(self, d_model: int, layers: list[int] | None = None) -> SAEConfig:
         """The :class:`SAEConfig` of these hyper-parameters for a model of width ``d_model``. A training run asks for
         at most as many AuxK latents as there are latents (a saved SAE may carry the paper's 256 on fewer: AuxK
         then takes every dead latent)."""
-        cfg = SAEConfig.from_expansion_factor(d_model, self.expansion_factor, self.k, k_aux=self.k_aux,
-                                              auxk_coef=self.auxk_coef, dead_tokens=self.dead_tokens, layers=layers)
+        sparsity = dict(k_aux=self.k_aux, auxk_coef=self.auxk_coef, dead_tokens=self.dead_tokens, layers=layers)
+        n_latents = self.n_latents if self.n_latents is not None else self.expansion_factor * d_model
+        if self.architecture == "crosscoder":
+            if not layers:
+                raise ValueError("a crosscoder needs its layers (every layer it reads and writes); got none")
+            cfg: SAEConfig = CrosscoderConfig(d_model=d_model, n_latents=n_latents, k=self.k, n_layers=len(layers),
+                                              sparsity=self.sparsity, l1_coef=self.l1_coef, **sparsity)
+        else:
+            cfg = SAEConfig(d_model=d_model, n_latents=n_latents, k=self.k, **sparsity)
         if self.k_aux > cfg.n_latents:
             raise ValueError(f"k_aux={self.k_aux} exceeds the {cfg.n_latents} latents (R {self.expansion_factor} x "
                              f"d_model {d_model}): AuxK picks k_aux of them; use k_aux <= {cfg.n_latents} (--k-aux)")
@@ -90,6 +118,39 @@ class SAEConfig:
     @property
     def expansion_factor(self) -> float:
         return self.n_latents / self.d_model
+
+    @property
+    def input_width(self) -> int:
+        """The width of one example the encoder reads: a residual vector (d_model) for the MLSAE."""
+        return self.d_model
+
+
+@dataclass
+class CrosscoderConfig(SAEConfig):
+    """An acausal crosscoder (:mod:`mlsae.sae.crosscoder`): one example is a token's vectors at all ``n_layers``
+    layers, concatenated; ``k`` latents are active per token (for every layer at once)."""
+
+    n_layers: int = 1  # layers read and written, in the order of ``layers``
+    sparsity: Literal["topk", "l1"] = "topk"  # topk (with AuxK) or l1 (penalty sum_i f_i sum_l ||W_dec[l, i]||)
+    l1_coef: float = 1.0
+    architecture: Literal["crosscoder"] = "crosscoder"  # what config.json says, so a loader picks the class
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.n_layers, bool) or not isinstance(self.n_layers, int) or self.n_layers <= 0:
+            raise ValueError(f"n_layers must be a positive integer, got {self.n_layers!r}")
+        if self.layers is not None and len(self.layers) != self.n_layers:
+            raise ValueError(f"a crosscoder over layers {self.layers} has n_layers={len(self.layers)}, "
+                             f"not {self.n_layers}")
+        check_choices(self)
+
+    @property
+    def input_width(self) -> int:
+        """A token's vectors at every layer, concatenated: n_layers x d_model."""
+        return self.n_layers * self.d_model
+
+
+_CROSSCODER_FIELDS = ("architecture", "n_latents", "sparsity", "l1_coef")
 
 
 def check_sparsity(k: int, k_aux: int, auxk_coef: float, dead_tokens: int) -> None:

@@ -25,6 +25,7 @@ from mlsae.sae.config import (
     PAPER_TOKENS_PER_STEP,
     PROVENANCE_FILE,
     WEIGHTS_FILE,
+    CrosscoderConfig,
     SAEConfig,
 )
 
@@ -91,7 +92,8 @@ def read_sae(path: str | Path, tokens_per_step: int = PAPER_TOKENS_PER_STEP,
         counter = tensors.get("last_nonzero")
         fired = None if counter is None else counter.long() * tokens_per_forward
     else:
-        known = {f.name for f in fields(SAEConfig)}
+        kind = CrosscoderConfig if raw.get("architecture") == "crosscoder" else SAEConfig
+        known = {f.name for f in fields(kind)}
         unknown = set(raw) - known - {"format", "format_version"}
         if unknown:
             raise ValueError(f"{config_path}: unknown config keys {sorted(unknown)}")
@@ -104,13 +106,13 @@ def read_sae(path: str | Path, tokens_per_step: int = PAPER_TOKENS_PER_STEP,
             raise ValueError(f"{weights_path}: tensors this format does not have: {extra[:8]}; not an MLSAE written "
                              "by save_pretrained (for a released layout, its config.json says which)")
         try:
-            cfg = SAEConfig(**{key: raw[key] for key in raw if key in known})
+            cfg = kind(**{key: raw[key] for key in raw if key in known})
         except (TypeError, ValueError) as err:
             raise ValueError(f"{config_path}: {err}") from None
         names = {"W_enc": "W_enc", "W_dec": "W_dec", "b_pre": "b_pre"}
         fired = tensors.get("tokens_since_fired")
     where = f"{weights_path} (tensors autoencoder.*)" if layout == "tfm" else str(weights_path)
-    d, m = cfg.d_model, cfg.n_latents
+    d, m = cfg.input_width, cfg.n_latents  # a crosscoder's example is its layers' vectors, concatenated
     shapes_wanted = {"W_enc": (m, d), "W_dec": (d, m), "b_pre": (d,)}
     out: dict[str, Tensor] = {}
     for attr, key in names.items():
@@ -262,6 +264,8 @@ def model_card_body(cfg: SAEConfig, provenance: dict | None) -> str:
     The card itself (metadata, template) is the Hub mixin's: :meth:`mlsae.sae.model.MLSAE.generate_model_card`."""
     p = provenance or {}
     layers = "every layer (a multi-layer SAE)" if cfg.layers is None else f"layers {cfg.layers}"
+    if isinstance(cfg, CrosscoderConfig):
+        layers = f"layers {cfg.layers} (an acausal crosscoder: one code per token, read from and written to each)"
     shape = f"{cfg.n_latents} (R = {cfg.n_latents // cfg.d_model}), k = {cfg.k}, d_model = {cfg.d_model}"
     if not p:
         return (f"# Multi-layer SAE\n\nA top-k sparse autoencoder on the residual stream of {layers}: {shape} latents. "

@@ -132,17 +132,18 @@ class MLSAE(nn.Module, ModelHubMixin, library_name="mlsae", paper_url="https://a
     metadata; the files are ours (:mod:`mlsae.sae.io`), so the released ``tim-lawson/mlsae-*`` layouts load too.
     """
 
+    ARCHITECTURE = "mlsae"  # what config.json says (SAEConfig has no field for it; a crosscoder's does)
     tokens_since_fired: Tensor  # a registered buffer (nn.Module's attribute lookup does not say so)
     provenance: dict | None  # what a loaded SAE says it was trained on (provenance.json); saved with it again
 
     def __init__(self, cfg: SAEConfig, *, device: torch.device | str | None = None, dtype=torch.float32):
         super().__init__()
         self.cfg = cfg
-        W = torch.randn(cfg.n_latents, cfg.d_model, device=device, dtype=dtype)
+        W = torch.randn(cfg.n_latents, cfg.input_width, device=device, dtype=dtype)  # d_model for the MLSAE
         W /= torch.linalg.vector_norm(W, dim=1, keepdim=True)
         self.W_enc = nn.Parameter(W.clone())  # [m, d]
         self.W_dec_rows = nn.Parameter(W.clone())  # [m, d]; W_dec = W_enc.T at init
-        self.b_pre = nn.Parameter(torch.zeros(cfg.d_model, device=device, dtype=dtype))
+        self.b_pre = nn.Parameter(torch.zeros(cfg.input_width, device=device, dtype=dtype))
         counter = torch.zeros(cfg.n_latents, dtype=torch.long, device=device)
         self.register_buffer("tokens_since_fired", counter)  # [m], saved with the model
         self.chunk_rows: int | None = None  # rows per pre-activation chunk; None: kernels.CHUNK_ELEMS
@@ -354,6 +355,10 @@ class MLSAE(nn.Module, ModelHubMixin, library_name="mlsae", paper_url="https://a
                          tokens_per_forward: int = PAPER_TOKENS_PER_FORWARD, **_) -> MLSAE:
         """The mixin's loading hook: ``model_id`` is the local folder :meth:`from_pretrained` resolved."""
         cfg, tensors = read_sae(model_id, tokens_per_step, tokens_per_forward)
+        kind = getattr(cfg, "architecture", "mlsae")
+        if kind != getattr(cls, "ARCHITECTURE", "mlsae"):
+            raise ValueError(f"{model_id} holds a {kind}, not a {cls.ARCHITECTURE}: load it with "
+                             "mlsae.sae.architectures.load_sae(path), which picks the class")
         sae = cls(cfg, device="meta").to_empty(device=device or "cpu")  # skip the random init
         with torch.no_grad():
             sae.W_enc.copy_(tensors["W_enc"])

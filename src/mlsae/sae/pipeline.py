@@ -15,6 +15,7 @@ from torch import Tensor
 from mlsae.core.progress import bar
 from mlsae.models.lens import IDENTITY, Lens, as_lens
 from mlsae.models.residuals import residual_batches
+from mlsae.sae.config import CrosscoderConfig
 from mlsae.sae.model import MLSAE
 
 
@@ -45,6 +46,11 @@ class LatentBatch(NamedTuple):
 def latents(model, tokenizer, sae: MLSAE, batches: Iterable[Tensor], layers: list[int], lens: Lens = IDENTITY,
             progress: bool = False, desc: str = "latents") -> Iterator[LatentBatch]:
     """The SAE's top-k latents at ``layers``, batch by batch, streamed (never all tokens at once)."""
+    if isinstance(sae.cfg, CrosscoderConfig):
+        raise ValueError("a crosscoder has one code per token, not one per layer: its distribution over layers is its "
+                         "decoder-norm distribution (Crosscoder.layer_distribution, "
+                         "mlsae.analysis.cross_layer.decoder_norm_distributions); the activation statistics are the "
+                         "MLSAE's")
     for ids, keep, resid in bar(residual_batches(model, tokenizer, batches), desc=desc, progress=progress):
         values, indices = sae.encode(sae_inputs(resid, keep, layers, lens).flatten(0, 1))
         n = len(layers)

@@ -48,6 +48,7 @@ from mlsae.models.registry import (
     resolve_model,
 )
 from mlsae.models.residuals import check_unique_layers
+from mlsae.sae.architectures import load_sae
 from mlsae.sae.config import CONFIG_FILE, SAEHyperparameters
 from mlsae.sae.io import sae_folder, sae_shape
 from mlsae.sae.model import MLSAE
@@ -76,7 +77,7 @@ class Experiment:
 
     PARAMETERS = ("model", "preset", "expansion_factor", "k", "tuned_lens", "layers", "data", "train_tokens",
                   "eval_tokens", "analysis_tokens", "seq_len", "batch_size", "seed", "device", "progress",
-                  "pretrained_sae")
+                  "pretrained_sae", "architecture", "n_latents", "k_aux", "lr")
 
     def __init__(
         self,
@@ -96,6 +97,10 @@ class Experiment:
         device: str = "cpu",
         progress: bool = True,
         pretrained_sae: str | None = None,  # analyse this MLSAE (run folder, SAE folder, hub id) instead of training one
+        architecture: str = "mlsae",  # or "crosscoder" (mlsae.sae.crosscoder; k is then per token)
+        n_latents: int | None = None,  # None: expansion_factor x d_model
+        k_aux: int | None = None,  # AuxK latents; None: the train preset's
+        lr: float | None = None,  # None: the train preset's
     ):
         self.preset: str = typed_parameter("preset", preset, str)
         p = preset_settings(self.preset)
@@ -125,6 +130,12 @@ class Experiment:
         self.k: int = typed_parameter("k", k, int)
         self.tuned_lens: bool = typed_parameter("tuned_lens", tuned_lens, bool)
         self.seed: int = typed_parameter("seed", seed, int)
+        self.architecture: str = typed_parameter("architecture", architecture, str)
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+            raise ValueError(f"parameter lr={lr!r} should be a positive number (e.g. -p lr 0.001) or None")
+        self.lr: float | None = None if lr is None else float(lr)
+        given_latents = None if n_latents is None else typed_parameter("n_latents", n_latents, int)
+        self.k_aux: int | None = None if k_aux is None else typed_parameter("k_aux", k_aux, int)
         self.device: str = typed_parameter("device", device, str)
         given = dict(train_tokens=train_tokens, eval_tokens=eval_tokens, analysis_tokens=analysis_tokens,
                      seq_len=seq_len, batch_size=batch_size)
@@ -133,7 +144,8 @@ class Experiment:
                 raise ValueError(f"{name} must be a positive number, got {value}")
         self.eval_tokens: int = eval_tokens or p["eval_tokens"]
         self.analysis_tokens: int = analysis_tokens or p["analysis_tokens"]
-        SAEHyperparameters(expansion_factor=self.expansion_factor, k=self.k)  # their rules, defined once, before any work
+        SAEHyperparameters(expansion_factor=self.expansion_factor, k=self.k, architecture=self.architecture,  # type: ignore[arg-type]
+                           n_latents=given_latents, **({} if k_aux is None else {"k_aux": k_aux}))  # their rules, defined once, before any work
 
         source = resolve_model(self.model)  # unknown names fail here, before any work
         self.data: str = data or default_data(self.model, source.kind)
@@ -147,16 +159,19 @@ class Experiment:
         shape = model_shape(self.model)  # (n_layers, d_model) without loading weights, or None
         # the SAE's width, known before any work (None: a model whose shape the registry cannot tell)
         width = sae_d_model if sae_d_model is not None else shape[1] if shape is not None else None
-        self.n_latents: int | None = None if width is None else self.expansion_factor * width
+        self.n_latents: int | None = given_latents if given_latents is not None else \
+            None if width is None else self.expansion_factor * width
+        self._given_latents = given_latents
         if shape is not None and sae_d_model is not None and sae_d_model != shape[1]:
             raise ValueError(f"{self.pretrained_sae} reads {sae_d_model}-dimensional vectors but "
                              f"{self.model} has d_model {shape[1]}; pass the model it was trained on (-p model ...)")
         if shape is not None:
             n_layers, d_model = shape
-            if self.k > self.expansion_factor * d_model:
+            if self.n_latents is not None and self.k > self.n_latents:
                 raise ValueError(
-                    f"k={self.k} exceeds the number of latents {self.expansion_factor * d_model} "
-                    f"(expansion_factor {self.expansion_factor} x d_model {d_model}); lower k or raise expansion_factor"
+                    f"k={self.k} exceeds the number of latents {self.n_latents} "
+                    f"(expansion_factor {self.expansion_factor} x d_model {d_model}, or n_latents); lower k or raise "
+                    "expansion_factor"
                 )
             if self.layers is not None and any(not 0 <= l < n_layers for l in self.layers):
                 raise ValueError(f"layers {self.layers} out of range for {self.model} with {n_layers} layers")
@@ -193,13 +208,16 @@ class Experiment:
         where = "" if self.layers is None else "-L" + "-".join(map(str, self.layers))
         lens = "-lens" if self.tuned_lens else ""
         pretrained = "" if self.pretrained_sae is None else "-pretrained"  # never a trained SAE's figure name
-        return f"{safe_name(self.model)}-x{self.expansion_factor}-k{self.k}{where}{lens}{pretrained}"
+        kind = "" if self.architecture == "mlsae" else f"-{self.architecture}"
+        size = f"x{self.expansion_factor}" if self._given_latents is None else f"m{self._given_latents}"
+        return f"{safe_name(self.model)}{kind}-{size}-k{self.k}{where}{lens}{pretrained}"
 
     def with_model(self, model: str, **changes) -> Experiment:
         """The same experiment for another model (or other changes), validated afresh."""
         keep = {name: getattr(self, name) for name in self.PARAMETERS}
         keep.update(model=model, data=None if model != self.model else self.data, seq_len=self._given_seq_len,
-                    pretrained_sae=self.pretrained_sae if model == self.model else None)
+                    pretrained_sae=self.pretrained_sae if model == self.model else None,
+                    n_latents=self._given_latents if model == self.model else None)  # another width: R decides
         keep.update(changes)
         return Experiment(**keep)
 
@@ -239,8 +257,14 @@ class Experiment:
     def train_config(self):
         overrides = dict(
             model=self.model, expansion_factor=self.expansion_factor, k=self.k, tuned_lens=self.tuned_lens,
-            layers=self.layers, data=self.data, seed=self.seed, device=self.device,
+            layers=self.layers, data=self.data, seed=self.seed, device=self.device, architecture=self.architecture,
         )
+        if self._given_latents is not None:
+            overrides["n_latents"] = self._given_latents
+        if self.lr is not None:
+            overrides["lr"] = self.lr
+        if self.k_aux is not None:
+            overrides["k_aux"] = self.k_aux
         if self.train_tokens:
             overrides["max_tokens"] = self.train_tokens
         if self._given_seq_len is not None:
@@ -273,7 +297,7 @@ class Experiment:
         if not (folder / CONFIG_FILE).is_file():
             raise RuntimeError(f"Experiment.sae: {self.model}'s SAE is not trained yet ({folder} is missing); call "
                                "exp.train() first (every statistic does)")
-        return MLSAE.from_pretrained(folder).to(self.device).eval()
+        return load_sae(folder).to(self.device).eval()
 
     @property
     def out_dir(self) -> Path:

@@ -16,6 +16,7 @@ from mlsae.data.tokens import token_batches
 from mlsae.models.lens import IDENTITY, Lens
 from mlsae.models.lens_training import residual_lens_for
 from mlsae.models.registry import load_model
+from mlsae.sae.architectures import load_sae
 from mlsae.sae.io import read_provenance, sae_folder
 from mlsae.sae.model import MLSAE
 from mlsae.sae.origin import check_model_of_sae, lens_of_sae, model_of_sae
@@ -47,7 +48,7 @@ def open_run(source: str | Path, *, model: str | None = None, data: str | None =
     was trained with. The SAE is read first, so a missing or torn one fails before the model loads; another model's
     weights are refused (:func:`mlsae.sae.origin.check_model_of_sae`)."""
     folder = sae_folder(source)
-    sae = MLSAE.from_pretrained(folder).to(device).eval()
+    sae = load_sae(folder).to(device).eval()
     saved = read_provenance(folder)
     model_name = model or model_of_sae(str(source), folder, flag="--model")
     check_model_of_sae(str(source), folder, model_name, flag="--model")

@@ -105,11 +105,12 @@ def single_layer_baselines(exp: Experiment) -> dict:
         "seconds": {"MLSAE": exp.train_summary().get("seconds", float("nan")),
                     **{f"layer {l}": singles[l].train_summary().get("seconds", float("nan")) for l in every}},
         # weights, gradients and two Adam moments: what training holds per SAE, in MiB
-        "train_state_mib": {"MLSAE": _train_state_mib(exp.train()), **{f"layer {l}": _train_state_mib(singles[l].train()) for l in every}},
+        "train_state_mib": {"MLSAE": train_state_mib(exp.train()), **{f"layer {l}": train_state_mib(singles[l].train()) for l in every}},
     }
 
 
-def _train_state_mib(sae) -> float:
+def train_state_mib(sae) -> float:
+    """What training holds for one SAE, in MiB: weights, gradients and two Adam moments."""
     return 4 * sum(p.numel() * p.element_size() for p in sae.parameters()) / 2**20
 
 

@@ -94,7 +94,7 @@ def load_checkpoint(ckpt_dir: Path, sae: MLSAE, opt, scaler) -> tuple[int, int, 
     """Restore ``sae``, ``opt`` and ``scaler`` in place; returns step, tokens, seconds and the stream position."""
     _require_checkpoint_files(ckpt_dir)
     try:
-        saved = MLSAE.from_pretrained(ckpt_dir / "sae")
+        saved = type(sae).from_pretrained(ckpt_dir / "sae")
     except (ValueError, OSError) as err:  # a torn model.safetensors or config.json
         raise _torn(ckpt_dir / "sae", ckpt_dir, err) from None
     if saved.cfg != sae.cfg:

@@ -184,7 +184,7 @@ class TrainConfig:
         checkpoint cadence are not.
         """
         d = self.flat()  # flat, as before the nesting: the same settings keep the same key
-        for name in NOT_IN_WEIGHTS:
+        for name in (*NOT_IN_WEIGHTS, *self.sae.defaults_left()):  # the crosscoder's fields at their defaults too
             d.pop(name)
         if not self.lens.tuned_lens:
             d.pop("lens_tokens")
@@ -194,7 +194,9 @@ class TrainConfig:
         d.update(model_identity=identity["model_identity"], data_identity=identity["data_identity"])
         where = "all" if self.layers is None else "L" + "-".join(map(str, self.layers))
         lens = "-lens" if self.lens.tuned_lens else ""
-        return f"{safe_name(self.model)}-x{self.sae.expansion_factor}-k{self.sae.k}-{where}{lens}-{key('sae', d)}"
+        size = f"x{self.sae.expansion_factor}" if self.sae.n_latents is None else f"m{self.sae.n_latents}"
+        kind = "" if self.sae.architecture == "mlsae" else f"-crosscoder{'-l1' if self.sae.sparsity == 'l1' else ''}"
+        return f"{safe_name(self.model)}{kind}-{size}-k{self.sae.k}-{where}{lens}-{key('sae', d)}"
 
 
 # The nested records and which flat names each defines.

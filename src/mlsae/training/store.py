@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from mlsae.core.paths import mlsae_home, run_lock
+from mlsae.sae.architectures import load_sae
 from mlsae.sae.model import MLSAE
 from mlsae.training.config import STREAM_FIELDS, TrainConfig
 from mlsae.training.identity import sae_key
@@ -21,7 +22,7 @@ def train_or_load(cfg: TrainConfig, *, progress: bool = True) -> tuple[MLSAE, Pa
         with run_lock(out_dir):  # another process training the same SAE: wait for it, then use its result
             if not (out_dir / "sae" / "config.json").exists():
                 train(cfg, out_dir, progress=progress)
-    return MLSAE.from_pretrained(out_dir / "sae").to(cfg.device), out_dir
+    return load_sae(out_dir / "sae").to(cfg.device), out_dir
 
 
 def ensure_trained(cfgs: list[TrainConfig], *, progress: bool = True) -> None:

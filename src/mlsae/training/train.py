@@ -39,6 +39,7 @@ from mlsae.models.lens import IDENTITY
 from mlsae.models.lens_training import residual_lens_for
 from mlsae.models.registry import load_model, model_context, model_shape, require_model
 from mlsae.models.residuals import check_layers, check_seq_len, max_positions, residual_batches
+from mlsae.sae.architectures import build_sae, load_sae
 from mlsae.sae.config import CONFIG_FILE, SAEConfig
 from mlsae.sae.model import MLSAE
 from mlsae.sae.pipeline import sae_inputs
@@ -184,7 +185,7 @@ def _finished(cfg: TrainConfig, out_dir: Path) -> TrainResult | None:
     summary = json.loads(summary_path.read_text())
     print(f"already trained: {out_dir} ({summary['steps']:,} steps, {summary['tokens']:,} tokens); its files are "
           f"left as they are (--no-resume trains it again)", file=sys.stderr, flush=True)
-    return TrainResult(MLSAE.from_pretrained(sae_dir).to(cfg.device), out_dir, summary["steps"], summary["tokens"],
+    return TrainResult(load_sae(sae_dir).to(cfg.device), out_dir, summary["steps"], summary["tokens"],
                        summary["seconds"], read_jsonl(out_dir / "metrics.jsonl"), summary.get("data_exhausted", False))
 
 
@@ -306,7 +307,7 @@ class _Run:
         if resuming:
             check_resume_config(self.ckpt_dir, cfg)  # before anything in the folder is rewritten
         seed_everything(cfg.seed, deterministic=cfg.deterministic)
-        self.sae = MLSAE(sae_cfg).to(cfg.device)
+        self.sae = build_sae(sae_cfg).to(cfg.device)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.autocast == "fp16" else None
         self.step, self.tokens, self.elapsed, self.metrics, self.stream_state = 0, 0, 0.0, [], None
@@ -340,9 +341,9 @@ class _Run:
             raise FloatingPointError(_nan_message("activations", self.step, self.ckpt_dir))
         if self.step == 0 and self.stats.n == 0:  # a fresh run: b_pre (and the encoder scale) from the first batch
             first = self.group.gather(x)  # [layer, every rank's tokens, d]: the global batch
-            sae.init_b_pre_(first.flatten(0, 1))
+            sae.init_b_pre_(first)
             if cfg.sae.encoder_init == "fit":
-                sae.fit_encoder_scale_(first.flatten(0, 1))
+                sae.fit_encoder_scale_(first)
             self.group.broadcast_(sae.state_dict().values())
         with torch.autocast(x.device.type, dtype=DTYPES[cfg.autocast], enabled=cfg.autocast != "fp32"):
             out = sae(x, self.reduce)
