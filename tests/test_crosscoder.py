@@ -221,7 +221,8 @@ def test_a_crosscoder_trains_through_the_pipeline_and_resumes_bit_for_bit(tiny_m
 
 def test_the_matched_dictionaries_follow_the_rules_and_leave_the_mlsaes_cache_key_alone():
     from mlsae.core.cache import key
-    from mlsae.studies.cross_layer import EQUAL_LATENTS, EQUAL_PARAMETERS, MLSAE as ML, matched_dictionaries
+    from mlsae.studies.cross_layer import EQUAL_LATENTS, EQUAL_PARAMETERS, matched_dictionaries
+    from mlsae.studies.cross_layer import MLSAE as ML
     from mlsae.studies.experiment import Experiment
     from mlsae.training.config import NOT_IN_WEIGHTS
 
@@ -245,3 +246,17 @@ def test_the_matched_dictionaries_follow_the_rules_and_leave_the_mlsaes_cache_ke
     assert abs(params["b"] - mlsae_params) / mlsae_params < 0.01  # equal parameters, to the bias
     other = dicts[EQUAL_PARAMETERS].with_model("micro-s")  # another model's width: its own R x d_model again
     assert other.train_config().sae.n_latents is None
+
+
+def test_the_activation_statistics_and_other_layers_are_refused_for_a_crosscoder(tiny_model_dir):
+    from mlsae.analysis.metrics import evaluate
+    from mlsae.models.registry import load_model
+    from mlsae.sae.pipeline import latents
+
+    model, tokenizer = load_model(str(tiny_model_dir))
+    cc = _crosscoder(L=2, d=model.config.hidden_size, m=32, k=4)
+    cc.cfg.layers = [0, 1]
+    with pytest.raises(ValueError, match="one code per token, not one per layer"):
+        latents(model, tokenizer, cc, [], [0, 1])
+    with pytest.raises(ValueError, match=r"cannot be evaluated on layers \[1, 2\]"):
+        evaluate(model, tokenizer, cc, [], layers=[1, 2], progress=False)

@@ -51,6 +51,10 @@ def latents(model, tokenizer, sae: MLSAE, batches: Iterable[Tensor], layers: lis
                          "decoder-norm distribution (Crosscoder.layer_distribution, "
                          "mlsae.analysis.cross_layer.decoder_norm_distributions); the activation statistics are the "
                          "MLSAE's")
+    return _latents(model, tokenizer, sae, batches, layers, lens, progress, desc)
+
+
+def _latents(model, tokenizer, sae, batches, layers, lens, progress, desc) -> Iterator[LatentBatch]:
     for ids, keep, resid in bar(residual_batches(model, tokenizer, batches), desc=desc, progress=progress):
         values, indices = sae.encode(sae_inputs(resid, keep, layers, lens).flatten(0, 1))
         n = len(layers)
