@@ -64,7 +64,8 @@ class SAEHyperparameters:
         """The :class:`SAEConfig` of these hyper-parameters for a model of width ``d_model``. A training run asks for
         at most as many AuxK latents as there are latents (a saved SAE may carry the paper's 256 on fewer: AuxK
         then takes every dead latent)."""
-        sparsity = dict(k_aux=self.k_aux, auxk_coef=self.auxk_coef, dead_tokens=self.dead_tokens, layers=layers)
+        sparsity: dict[str, Any] = dict(k_aux=self.k_aux, auxk_coef=self.auxk_coef, dead_tokens=self.dead_tokens,
+                                        layers=layers)
         n_latents = self.n_latents if self.n_latents is not None else self.expansion_factor * d_model
         if self.architecture == "crosscoder":
             if not layers:

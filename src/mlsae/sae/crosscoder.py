@@ -123,7 +123,7 @@ class Crosscoder(MLSAE):
             (values, indices), pre_dead = self._encode_std(cat), None
         x_hat_cat = self.decode(values, indices)  # [T, L*d]
         fvu = layer_fvu(self._per_layer(cat), self._per_layer(x_hat_cat), reduce)
-        if dead is not None:
+        if dead is not None and pre_dead is not None:
             aux_loss = self._aux_loss(cat, x_hat_cat, pre_dead, dead, reduce)
         else:
             aux_loss = fvu.new_zeros(())
@@ -205,7 +205,7 @@ def dense_reference_crosscoder_loss(cc: Crosscoder, x: Tensor, dead_mask: Tensor
     W_enc = cc.W_enc.view(m, L, d)  # W_enc[l] = W_enc[:, l]
     W_dec = cc.W_dec_rows.view(m, L, d)
     b_dec = cc.b_pre.view(L, d)
-    pre = sum(x_std[l] @ W_enc[:, l].t() for l in range(L)) - sum(W_enc[:, l] @ b_dec[l] for l in range(L))  # [T, m]
+    pre = torch.stack([x_std[l] @ W_enc[:, l].t() - W_enc[:, l] @ b_dec[l] for l in range(L)]).sum(0)  # [T, m]
     if cfg.sparsity == "topk":
         v, i = pre.topk(cfg.k, dim=1)
         f = torch.zeros_like(pre).scatter(1, i, v.relu())

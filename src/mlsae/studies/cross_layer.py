@@ -29,6 +29,7 @@ from mlsae.analysis.cross_layer import (
 )
 from mlsae.analysis.distributions import LayerDistributions
 from mlsae.models.registry import model_shape
+from mlsae.sae.crosscoder import Crosscoder
 from mlsae.studies.experiment import Experiment, train_together
 from mlsae.studies.tables import train_state_mib
 
@@ -100,8 +101,9 @@ def cross_layer_comparison(exp: Experiment, models: list[str]) -> dict:
         ratios[model] = {"honest": summary.honest_ratio, "paper": summary.paper_ratio}
         for name, e in dicts.items():
             sae, result = e.train(), e.evaluate()
-            layer_stats = activation if name == MLSAE else decoder_norm_distributions(sae)
-            if name != MLSAE:
+            layer_stats = activation
+            if isinstance(sae, Crosscoder):
+                layer_stats = decoder_norm_distributions(sae)
                 stats[model][f"{name}: decoder-norm share p_l(i)"] = layer_stats
                 agreement[model][name] = layer_agreement(mlsae, sae, device=e.device).numpy()
             alive = layer_stats.alive

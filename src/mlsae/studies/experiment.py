@@ -144,8 +144,9 @@ class Experiment:
                 raise ValueError(f"{name} must be a positive number, got {value}")
         self.eval_tokens: int = eval_tokens or p["eval_tokens"]
         self.analysis_tokens: int = analysis_tokens or p["analysis_tokens"]
-        SAEHyperparameters(expansion_factor=self.expansion_factor, k=self.k, architecture=self.architecture,  # type: ignore[arg-type]
-                           n_latents=given_latents, **({} if k_aux is None else {"k_aux": k_aux}))  # their rules, defined once, before any work
+        SAEHyperparameters(expansion_factor=self.expansion_factor, k=self.k, n_latents=given_latents,  # their rules,
+                           architecture=self.architecture,  # defined once, before any work
+                           k_aux=SAEHyperparameters.k_aux if k_aux is None else k_aux)
 
         source = resolve_model(self.model)  # unknown names fail here, before any work
         self.data: str = data or default_data(self.model, source.kind)
