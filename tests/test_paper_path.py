@@ -134,6 +134,24 @@ def test_notebook_03_runs_the_paper_preset_on_hub_models_offline(hub_machine, mo
 
 
 @pytest.mark.slow
+def test_notebook_13_compares_the_dictionaries_on_pythia_under_the_paper_preset_offline(hub_machine):
+    """Notebook 13 with ``-p preset paper`` where Pythia is cached: the MLSAE, both matched crosscoders and one SAE
+    per layer trained on the Pile's files (the paper's lr, 1e-4, for all), evaluated, compared."""
+    params = {"model": "pythia-70m", "preset": "paper", "models": json.dumps(["pythia-70m"]), "k": 4,
+              "eval_tokens": 2048, **SMALL}
+    run = run_notebook(ROOT / "notebooks" / "13_cross_layer_dictionaries.ipynb", hub_machine / "13.ipynb", params)
+    assert run.ok, run.error
+    records = _executed_cleanly(run.output)
+    assert set(records["fvu"]) == {"pythia-70m"}
+    assert set(records["fvu"]["pythia-70m"]) == {"MLSAE", "crosscoder, equal latents", "crosscoder, equal parameters",
+                                                "single-layer SAEs"}
+    assert all(v > 0 for v in records["fvu"]["pythia-70m"].values())
+    configs = [json.loads(p.read_text()) for p in (hub_machine / "home" / "saes").glob("*/train_config.json")]
+    assert {c["sae"]["architecture"] for c in configs} == {"mlsae", "crosscoder"} and len(configs) == 3 + 3
+    assert {c["lr"] for c in configs} == {1e-4} and {c["data"] for c in configs} == {HUB_DATA}
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("lens", [False, True])
 def test_the_cli_trains_pythia_under_the_paper_preset_on_the_pile_with_and_without_the_pretrained_lens(
         hub_machine, lens, capsys):
