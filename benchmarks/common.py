@@ -20,3 +20,46 @@ def run_child(script: str, spec) -> dict:
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn, device: str) -> float:
+    """Seconds one call of ``fn`` takes, the device synchronised before and after (CUDA runs asynchronously)."""
+    import time
+
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def step_peak_increase(step, device: str) -> dict:
+    """Peak memory that one call of ``step`` adds over the steady state before it (run one warm-up step first):
+    peak allocated memory on CUDA, peak RSS on the CPU (VmHWM, reset to the current RSS first)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return {"peak_increase_mib": (torch.cuda.max_memory_allocated() - base) / 2**20, "base_mib": base / 2**20}
+    base = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM (peak RSS) to the current RSS
+    step()
+    return {"peak_increase_mib": (_status_kib("VmHWM") - base) / 1024, "base_mib": base / 1024}

@@ -23,9 +23,9 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
+from common import step_peak_increase, timed
 
 from mlsae.sae.architectures import build_sae
 from mlsae.sae.config import CrosscoderConfig, SAEConfig
@@ -83,39 +83,10 @@ def step(sae, opt, x, counters) -> None:
     sae.normalize_decoder_()
 
 
-def timed(fn, device: str) -> float:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_memory(args) -> dict:
     sae, opt, x, counters = setup(args, args.measure_memory)
     step(sae, opt, x, counters)  # allocates Adam's state
-    if torch.device(args.device).type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step(sae, opt, x, counters)
-        torch.cuda.synchronize()
-        return {"peak_increase_mib": (torch.cuda.max_memory_allocated() - base) / 2**20, "base_mib": base / 2**20}
-    base = _rss_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak RSS to the current RSS
-    step(sae, opt, x, counters)
-    return {"peak_increase_mib": (_rss_kib("VmHWM") - base) / 1024, "base_mib": base / 1024}
+    return step_peak_increase(lambda: step(sae, opt, x, counters), args.device)
 
 
 def main(argv=None) -> None:

@@ -20,10 +20,10 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from contextlib import nullcontext
 
 import torch
+from common import step_peak_increase, timed
 
 from mlsae.sae.config import SAEConfig
 from mlsae.sae.model import MLSAE, dense_reference_loss
@@ -79,19 +79,6 @@ def make_autocast(args):
     return nullcontext
 
 
-def sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
-
-
 def _autocast_matmul(x, W, autocast):
     with autocast():
         return x @ W.t()
@@ -100,31 +87,11 @@ def _autocast_matmul(x, W, autocast):
 # --- memory (run in a fresh subprocess per variant) ------------------------------------------------
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_memory(args) -> dict:
     sae, opt, x, counters = setup(args)
     autocast = make_autocast(args)
     train_step(sae, opt, x, counters, args.measure_memory, autocast)  # allocates Adam state
-    if torch.device(args.device).type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        train_step(sae, opt, x, counters, args.measure_memory, autocast)
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-        return {"peak_increase_mib": (peak - base) / 2**20, "base_mib": base / 2**20}
-    base = _rss_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM (peak RSS) to the current RSS
-    train_step(sae, opt, x, counters, args.measure_memory, autocast)
-    return {"peak_increase_mib": (_rss_kib("VmHWM") - base) / 1024, "base_mib": base / 1024}
+    return step_peak_increase(lambda: train_step(sae, opt, x, counters, args.measure_memory, autocast), args.device)
 
 
 def memory_in_subprocess(variant: str, argv: list[str]) -> dict:

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from mlsae.sae.config import CrosscoderConfig
 from mlsae.sae.kernels import sparse_decode, topk_encode
-from mlsae.sae.model import MLSAE, Reduce, SAEOutput, aux_fvu, geometric_median, layer_fvu
+from mlsae.sae.model import MLSAE, Reduce, SAEOutput, aux_fvu, layer_fvu
 
 
 class Crosscoder(MLSAE):
@@ -142,20 +142,10 @@ class Crosscoder(MLSAE):
             aux_loss=aux_loss,
         )
 
-    @torch.no_grad()
-    def init_b_pre_(self, x: Tensor) -> None:
-        """The decoder bias from a batch x [layer, token, d]: the geometric median of the concatenated vectors."""
-        self.b_pre.copy_(geometric_median(self._examples(x)[0]))
-
-    @torch.no_grad()
-    def fit_encoder_scale_(self, x: Tensor) -> float:
-        """:meth:`MLSAE.fit_encoder_scale_` on the concatenated vectors of a batch x [layer, token, d]."""
-        x_cat = self._examples(x)[0]
-        part = self.decode(*self._encode_std(x_cat)) - self.b_pre  # [token, layer * d]
-        scale = float((part * (x_cat - self.b_pre)).sum() / part.pow(2).sum().clamp_min(1e-12))
-        scale = max(scale, 1e-3)
-        self.W_enc.mul_(scale)
-        return scale
+    def _example_rows(self, x: Tensor) -> Tensor:
+        """A batch x [layer, token, d] as one concatenated row per token, [token, layer * d]: what
+        :meth:`MLSAE.init_b_pre_` (the geometric median) and :meth:`MLSAE.fit_encoder_scale_` read."""
+        return self._examples(x)[0]
 
     @torch.no_grad()
     def project_decoder_grads_(self) -> None:

@@ -252,11 +252,15 @@ class MLSAE(nn.Module, ModelHubMixin, library_name="mlsae", paper_url="https://a
         self.tokens_since_fired += n_tokens
         self.tokens_since_fired[fired] = 0
 
+    def _example_rows(self, x: Tensor) -> Tensor:
+        """A batch as the encoder's examples, standardised: x [..., d] -> [n, d] (a crosscoder: one wider row per
+        token). The initialisations below read their batch through this."""
+        return self._standardize(x.reshape(-1, x.shape[-1]))[0]
+
     @torch.no_grad()
     def init_b_pre_(self, x: Tensor) -> None:
         """Set b_pre to the geometric median of a batch x [..., d], in the standardised space."""
-        x_std, _, _ = self._standardize(x.reshape(-1, x.shape[-1]))
-        self.b_pre.copy_(geometric_median(x_std))
+        self.b_pre.copy_(geometric_median(self._example_rows(x)))
 
     @torch.no_grad()
     def fit_encoder_scale_(self, x: Tensor) -> float:
@@ -269,7 +273,7 @@ class MLSAE(nn.Module, ModelHubMixin, library_name="mlsae", paper_url="https://a
         ReLU and top-k are positively homogeneous, so scaling the encoder scales the latent part of
         the reconstruction exactly; call after :meth:`init_b_pre_`. Returns the factor.
         """
-        x_std, _, _ = self._standardize(x.reshape(-1, x.shape[-1]))
+        x_std = self._example_rows(x)
         part = self.decode(*self._encode_std(x_std)) - self.b_pre  # [n, d]: W_dec z
         scale = float((part * (x_std - self.b_pre)).sum() / part.pow(2).sum().clamp_min(1e-12))
         scale = max(scale, 1e-3)  # a non-positive fit would switch every latent off
