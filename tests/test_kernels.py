@@ -42,47 +42,68 @@ def test_scatter_rows_matches_index_add():
     torch.testing.assert_close(scatter_rows(idx, w, src, m), ref)
 
 
-def _encode_reference(x, b, W, k, cols):
+def _encode_reference(x, b, W, k, cols, k_aux):
+    """Dense: every pre-activation, torch.topk over all latents and over the columns ``cols``."""
     pre = (x - b) @ W.t()
     values, indices = pre.topk(k, dim=1)
-    return values, indices, pre[:, cols]
+    aux_values, local = pre[:, cols].topk(k_aux, dim=1)
+    return values, indices, aux_values, cols[local]
+
+
+def _align(got_indices, ref_indices):
+    """[n, k] positions of the kernel's (unordered) indices in the reference's (sorted) ones."""
+    return (got_indices.unsqueeze(2) == ref_indices.unsqueeze(1)).float().argmax(2)
 
 
 @pytest.mark.parametrize("chunk_rows", [7, 1000])
 def test_topk_encode_matches_autograd(chunk_rows):
     torch.manual_seed(0)
-    n, d, m, k = 45, 12, 256, 5
+    n, d, m, k, k_aux = 45, 12, 256, 5, 3
     dt = torch.float64
     x = torch.randn(n, d, dtype=dt, requires_grad=True)
     b = torch.randn(d, dtype=dt, requires_grad=True)
     W = torch.randn(m, d, dtype=dt, requires_grad=True)
-    cols = torch.tensor([3, 17, 100, 255])
-    g_val, g_cols = torch.randn(n, k, dtype=dt), torch.randn(n, cols.numel(), dtype=dt)
+    cols = torch.tensor([3, 17, 100, 101, 180, 255])
+    g_val, g_aux = torch.randn(n, k, dtype=dt), torch.randn(n, k_aux, dtype=dt)
 
-    values, indices, pre_cols = topk_encode(x, b, W, k, cols, chunk_rows=chunk_rows)
+    values, indices, aux_values, aux_indices = topk_encode(x, b, W, k, cols, k_aux, chunk_rows=chunk_rows)
     with torch.no_grad():
-        _same_topk(values, indices, (x - b) @ W.t(), k, tol=1e-12)
-    ((values * g_val).sum() + (pre_cols * g_cols).sum()).backward()
+        pre = (x - b) @ W.t()
+        _same_topk(values, indices, pre, k, tol=1e-12)
+        aux_indices = cols[aux_indices]  # positions in cols -> latents
+        _same_topk(aux_values, aux_indices, pre.masked_fill(~torch.isin(torch.arange(m), cols), -torch.inf),
+                   k_aux, tol=1e-12)
+    ((values * g_val).sum() + (aux_values * g_aux).sum()).backward()
     grads = [t.grad.clone() for t in (x, b, W)]
 
     for t in (x, b, W):
         t.grad = None
-    ref_v, ref_i, ref_cols = _encode_reference(x, b, W, k, cols)
-    # align the reference's (sorted) order with the kernel's (unordered) one
-    order = (indices.unsqueeze(2) == ref_i.unsqueeze(1)).float().argmax(2)  # [n, k]
-    ((ref_v.gather(1, order) * g_val).sum() + (ref_cols * g_cols).sum()).backward()
-    torch.testing.assert_close(pre_cols, ref_cols)
+    ref_v, ref_i, ref_av, ref_ai = _encode_reference(x, b, W, k, cols, k_aux)
+    loss = (ref_v.gather(1, _align(indices, ref_i)) * g_val).sum()
+    loss = loss + (ref_av.gather(1, _align(aux_indices, ref_ai)) * g_aux).sum()
+    loss.backward()
     for got, t in zip(grads, (x, b, W), strict=True):
         torch.testing.assert_close(got, t.grad)
+
+
+def test_topk_encode_k_aux_capped_by_columns():
+    torch.manual_seed(0)
+    x, b, W = torch.randn(10, 8), torch.zeros(8), torch.randn(64, 8)
+    cols = torch.tensor([1, 5])
+    _, _, aux_values, aux_indices = topk_encode(x, b, W, 3, cols, k_aux=16)
+    assert aux_values.shape == aux_indices.shape == (10, 2)
+    assert (aux_indices.sort(1).values == torch.arange(2)).all()
 
 
 def test_topk_encode_without_cols_and_no_grad():
     torch.manual_seed(0)
     x, b, W = torch.randn(10, 8), torch.zeros(8), torch.randn(64, 8)
     with torch.no_grad():
-        values, indices, pre_cols = topk_encode(x, b, W, 3)
-    assert pre_cols.shape == (10, 0)
-    _same_topk(values, indices, x @ W.t(), 3, tol=1e-5)
+        values, indices, aux_values, aux_indices = topk_encode(x, b, W, 3)
+        assert aux_values.shape == aux_indices.shape == (10, 0)
+        _same_topk(values, indices, x @ W.t(), 3, tol=1e-5)
+        # dead columns but k_aux 0: no AuxK selection
+        assert topk_encode(x, b, W, 3, torch.tensor([2, 4]), k_aux=0)[2].shape == (10, 0)
 
 
 def test_topk_encode_bf16_autocast():
@@ -90,7 +111,7 @@ def test_topk_encode_bf16_autocast():
     x, b = torch.randn(30, 16), torch.zeros(16)
     W = torch.randn(128, 16, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        values, indices, _ = topk_encode(x, b, W, 4)
+        values, indices, _, _ = topk_encode(x, b, W, 4)
     assert values.dtype == torch.float32
     exact = (x @ W.detach().t()).gather(1, indices)
     torch.testing.assert_close(values, exact, rtol=2e-2, atol=5e-2)

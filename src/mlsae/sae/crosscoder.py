@@ -117,14 +117,15 @@ class Crosscoder(MLSAE):
         use_aux = self.training and cfg.sparsity == "topk" and cfg.k_aux > 0 and cfg.auxk_coef > 0
         dead = torch.nonzero(self.dead_mask()).squeeze(1) if use_aux else None  # [n_dead]
         if cfg.sparsity == "topk":
-            values, indices, pre_dead = topk_encode(cat, self.b_pre, self.W_enc, cfg.k, dead, self.chunk_rows)
+            values, indices, aux_values, aux_indices = topk_encode(
+                cat, self.b_pre, self.W_enc, cfg.k, dead, cfg.k_aux, self.chunk_rows)
             values = values.relu()
         else:
-            (values, indices), pre_dead = self._encode_std(cat), None
+            (values, indices), aux_values, aux_indices = self._encode_std(cat), None, None
         x_hat_cat = self.decode(values, indices)  # [T, L*d]
         fvu = layer_fvu(self._per_layer(cat), self._per_layer(x_hat_cat), reduce)
-        if dead is not None and pre_dead is not None:
-            aux_loss = self._aux_loss(cat, x_hat_cat, pre_dead, dead, reduce)
+        if dead is not None and aux_values is not None and aux_indices is not None:
+            aux_loss = self._aux_loss(cat, x_hat_cat, aux_values, aux_indices, dead, reduce)
         else:
             aux_loss = fvu.new_zeros(())
         loss = fvu.mean() + cfg.auxk_coef * aux_loss

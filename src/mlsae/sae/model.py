@@ -168,7 +168,7 @@ class MLSAE(nn.Module, ModelHubMixin, library_name="mlsae", paper_url="https://a
         return self._encode_std(x_std)
 
     def _encode_std(self, x_std: Tensor) -> tuple[Tensor, Tensor]:
-        values, indices, _ = topk_encode(x_std, self.b_pre, self.W_enc, self.cfg.k, chunk_rows=self.chunk_rows)
+        values, indices, _, _ = topk_encode(x_std, self.b_pre, self.W_enc, self.cfg.k, chunk_rows=self.chunk_rows)
         return values.relu(), indices
 
     def decode(self, values: Tensor, indices: Tensor) -> Tensor:
@@ -209,12 +209,14 @@ class MLSAE(nn.Module, ModelHubMixin, library_name="mlsae", paper_url="https://a
         cfg = self.cfg
         use_aux = self.training and cfg.k_aux > 0 and cfg.auxk_coef > 0
         dead = torch.nonzero(self.dead_mask()).squeeze(1) if use_aux else None  # [n_dead]
-        values, indices, pre_dead = topk_encode(flat, self.b_pre, self.W_enc, cfg.k, dead, self.chunk_rows)
+        values, indices, aux_values, aux_indices = topk_encode(
+            flat, self.b_pre, self.W_enc, cfg.k, dead, cfg.k_aux, self.chunk_rows)
         values = values.relu()
         x_hat_std = self.decode(values, indices)  # [L*T, d]
 
         fvu = layer_fvu(x_std, x_hat_std.view(L, T, d), reduce)
-        aux_loss = self._aux_loss(flat, x_hat_std, pre_dead, dead, reduce) if dead is not None else fvu.new_zeros(())
+        aux_loss = (self._aux_loss(flat, x_hat_std, aux_values, aux_indices, dead, reduce) if dead is not None
+                    else fvu.new_zeros(()))
         loss = fvu.mean() + cfg.auxk_coef * aux_loss
         if self.training:
             self._count_dead(values, indices, n_tokens=T, reduce=reduce)
@@ -227,18 +229,14 @@ class MLSAE(nn.Module, ModelHubMixin, library_name="mlsae", paper_url="https://a
             aux_loss=aux_loss,
         )
 
-    def _aux_loss(self, x_std: Tensor, x_hat_std: Tensor, pre_dead: Tensor, dead: Tensor,
+    def _aux_loss(self, x_std: Tensor, x_hat_std: Tensor, aux_values: Tensor, aux_indices: Tensor, dead: Tensor,
                   reduce: Reduce | None = None) -> Tensor:
-        """Top k_aux dead latents reconstruct the (detached) error x_std - x_hat_std.
-
-        A small dense problem over the dead latents only: z [n, n_dead] @ their decoder rows.
-        """
-        if dead.numel() == 0:
+        """The top k_aux dead latents (``aux_*`` [n, k_aux] from :func:`topk_encode`, indices into ``dead``)
+        reconstruct the (detached) error x_std - x_hat_std: a sparse decode over the dead decoder rows
+        (a small contiguous copy, which the sampled products read much faster than the whole decoder)."""
+        if aux_indices.shape[1] == 0:  # no dead latents
             return _at_least_fp32(x_std.new_zeros(()))
-        k_aux = min(self.cfg.k_aux, dead.numel())
-        v, i = pre_dead.topk(k_aux, dim=1, sorted=False)  # [n, k_aux], local to dead
-        z = torch.zeros_like(pre_dead).scatter(1, i, v.relu())  # [n, n_dead]
-        e_hat = z @ self.W_dec_rows.index_select(0, dead)  # [n, d]; no bias: it models an error
+        e_hat = sparse_decode(aux_values.relu(), aux_indices, self.W_dec_rows.index_select(0, dead))  # [n, d]
         e = (x_std - x_hat_std).detach()
         return aux_fvu(e, e_hat, reduce)
 
