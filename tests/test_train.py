@@ -608,3 +608,54 @@ def test_on_cuda_two_runs_and_a_resume_agree_within_the_stated_tolerance(tiny_mo
         for (name, p), q in zip(a.state_dict().items(), other.state_dict().values(), strict=True):
             if name != "tokens_since_fired":
                 assert (p.float() - q.float()).abs().max() <= 1e-4, name
+
+
+# --- the lr schedule ---------------------------------------------------------------------------------
+
+
+def test_the_lr_schedule_warms_up_holds_and_decays(tiny_model_dir, text_dir):
+    cfg = _cfg(tiny_model_dir, text_dir, lr=1e-2, lr_warmup=0.1, lr_decay=0.2)  # 30 steps: 3 up, 6 down
+    lrs = [cfg.lr_at(s) for s in range(cfg.total_steps)]
+    assert lrs[:3] == pytest.approx([1e-2 / 3, 2e-2 / 3, 1e-2])
+    assert lrs[3:24] == pytest.approx([1e-2] * 21)
+    assert lrs[24:] == pytest.approx([1e-2 * (6 - i) / 6 for i in range(6)])
+    constant = _cfg(tiny_model_dir, text_dir, lr=1e-2)
+    assert {constant.lr_at(s) for s in range(30)} == {1e-2}
+
+
+@pytest.mark.parametrize("bad", [dict(lr_warmup=-0.1), dict(lr_decay=1.5), dict(lr_warmup=0.6, lr_decay=0.6),
+                                 dict(lr_decay=True)])
+def test_a_bad_lr_schedule_is_refused_by_name(tiny_model_dir, text_dir, bad):
+    with pytest.raises(ValueError, match="lr_warmup|lr_decay"):
+        _cfg(tiny_model_dir, text_dir, **bad)
+
+
+def test_a_constant_lr_keeps_its_cache_key_and_a_schedule_changes_it(tiny_model_dir, text_dir):
+    identity = dict(model_identity="m", data_identity="d")
+    plain = _cfg(tiny_model_dir, text_dir)
+    d = plain.flat()
+    assert "lr_warmup" in d and "lr_decay" in d
+    explicit = _cfg(tiny_model_dir, text_dir, lr_warmup=0.0, lr_decay=0.0)
+    assert plain.cache_key(identity) == explicit.cache_key(identity)
+    assert _cfg(tiny_model_dir, text_dir, lr_decay=0.2).cache_key(identity) != plain.cache_key(identity)
+
+
+def test_a_scheduled_run_is_trained_at_its_lrs_and_resumes_to_the_same_weights(tiny_model_dir, text_dir, tmp_path,
+                                                                                 monkeypatch):
+    sched = dict(lr=1e-2, lr_warmup=0.2, lr_decay=0.5)
+    seen: list[float] = []
+    real_step = torch.optim.Adam.step
+
+    def recording(self, *a, **kw):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    full = train(_cfg(tiny_model_dir, text_dir, **sched), tmp_path / "full", progress=False).sae
+    cfg = _cfg(tiny_model_dir, text_dir, **sched)
+    assert seen == pytest.approx([cfg.lr_at(s) for s in range(cfg.total_steps)])
+    monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+    _interrupted_run(tiny_model_dir, text_dir, tmp_path / "cut", monkeypatch, **sched)  # dies in the warm-up
+    resumed = train(_cfg(tiny_model_dir, text_dir, **sched), tmp_path / "cut", progress=False).sae
+    for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name

@@ -31,7 +31,7 @@ from mlsae.analysis.examples import MaxExamples, max_examples
 from mlsae.analysis.metrics import EvalResult, evaluate
 from mlsae.core.cache import cached
 from mlsae.core.paths import mlsae_home, safe_name
-from mlsae.core.presets import default_data
+from mlsae.core.presets import TRAIN_PRESETS, default_data
 from mlsae.data.sources import data_identity, load_text
 from mlsae.data.tokens import token_batches
 from mlsae.interop.dashboard import DashboardData, dashboard_data, write_dashboard
@@ -54,7 +54,7 @@ from mlsae.sae.io import sae_folder, sae_shape
 from mlsae.sae.model import MLSAE
 from mlsae.sae.origin import check_model_of_sae, lens_of_sae, model_of_sae
 from mlsae.studies.parameters import from_json_text, list_parameter, preset_settings, typed_parameter
-from mlsae.training.config import config_from_preset
+from mlsae.training.config import check_schedule, config_from_preset
 from mlsae.training.identity import sae_key
 from mlsae.training.store import ensure_trained, train_or_load
 
@@ -77,7 +77,7 @@ class Experiment:
 
     PARAMETERS = ("model", "preset", "expansion_factor", "k", "tuned_lens", "layers", "data", "train_tokens",
                   "eval_tokens", "analysis_tokens", "seq_len", "batch_size", "seed", "device", "progress",
-                  "pretrained_sae", "architecture", "n_latents", "k_aux", "lr")
+                  "pretrained_sae", "architecture", "n_latents", "k_aux", "lr", "lr_warmup", "lr_decay")
 
     def __init__(
         self,
@@ -100,7 +100,9 @@ class Experiment:
         architecture: str = "mlsae",  # or "crosscoder" (mlsae.sae.crosscoder; k is then per token)
         n_latents: int | None = None,  # None: expansion_factor x d_model
         k_aux: int | None = None,  # AuxK latents; None: the train preset's
-        lr: float | None = None,  # None: the train preset's
+        lr: float | None = None,  # None: the train preset's (the peak, under a schedule)
+        lr_warmup: float | None = None,  # fraction of the steps; None: the train preset's (0: none)
+        lr_decay: float | None = None,  # fraction of the steps, at the end; None: the train preset's (0: none)
     ):
         self.preset: str = typed_parameter("preset", preset, str)
         p = preset_settings(self.preset)
@@ -134,6 +136,11 @@ class Experiment:
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
             raise ValueError(f"parameter lr={lr!r} should be a positive number (e.g. -p lr 0.001) or None")
         self.lr: float | None = None if lr is None else float(lr)
+        preset_train = TRAIN_PRESETS[p["train"]]
+        check_schedule(preset_train.get("lr_warmup", 0.0) if lr_warmup is None else lr_warmup,
+                       preset_train.get("lr_decay", 0.0) if lr_decay is None else lr_decay)
+        self.lr_warmup: float | None = lr_warmup
+        self.lr_decay: float | None = lr_decay
         given_latents = None if n_latents is None else typed_parameter("n_latents", n_latents, int)
         self.k_aux: int | None = None if k_aux is None else typed_parameter("k_aux", k_aux, int)
         self.device: str = typed_parameter("device", device, str)
@@ -266,6 +273,9 @@ class Experiment:
             overrides["lr"] = self.lr
         if self.k_aux is not None:
             overrides["k_aux"] = self.k_aux
+        for name in ("lr_warmup", "lr_decay"):
+            if getattr(self, name) is not None:
+                overrides[name] = getattr(self, name)
         if self.train_tokens:
             overrides["max_tokens"] = self.train_tokens
         if self._given_seq_len is not None:

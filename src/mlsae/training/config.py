@@ -49,6 +49,20 @@ class LensSettings:
 # TrainConfig fields that do not touch the trained weights: left out of the cache key, and a resumed run
 # may change them.
 NOT_IN_WEIGHTS = ("device", "checkpoint_every", "log_every", "preset", "tracker", "deterministic")
+# The lr schedule's fields: a cache key leaves them out at 0 (a constant lr), so a run keeps the key it had before
+# they existed.
+SCHEDULE_FIELDS = ("lr_warmup", "lr_decay")
+
+
+def check_schedule(lr_warmup: float, lr_decay: float) -> None:
+    """The lr schedule's rule (TrainConfig's and a notebook's parameters): two fractions of the run that fit in it."""
+    for name, value in zip(SCHEDULE_FIELDS, (lr_warmup, lr_decay), strict=True):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"{name} must be a fraction of the steps in [0, 1], got {value!r} "
+                             "(e.g. --lr-warmup 0.05 --lr-decay 0.2; 0 turns it off)")
+    if lr_warmup + lr_decay > 1:
+        raise ValueError(f"lr_warmup + lr_decay = {lr_warmup} + {lr_decay} is more than the whole run; "
+                         "make them sum to at most 1")
 
 
 @dataclass
@@ -65,7 +79,9 @@ class TrainConfig:
     batch_size: int = 64  # sequences per optimiser step (x grad_accum)
     grad_accum: int = 1  # micro-batches per optimiser step
     max_tokens: int = 1_000_000_000  # training tokens (sequence positions)
-    lr: float = 1e-4  # Adam learning rate
+    lr: float = 1e-4  # Adam learning rate (the peak, with a warm-up or decay)
+    lr_warmup: float = 0.0  # fraction of the steps over which the lr rises linearly to lr (paper: 0)
+    lr_decay: float = 0.0  # fraction of the steps, at the end, over which the lr falls linearly towards 0 (paper: 0)
     adam_eps: float = 6.25e-10  # Adam epsilon
     seed: int = 42  # initialisation and data order
     device: str = "cpu"  # cpu, cuda, cuda:1, ...
@@ -102,6 +118,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        check_schedule(self.lr_warmup, self.lr_decay)
         if self.tracker == "wandb":
             if importlib.util.find_spec("wandb") is None:
                 raise ValueError("tracker='wandb' but wandb is not installed: pip install -e '.[tracking]' "
@@ -118,6 +135,18 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         return max(1, self.max_tokens // self.tokens_per_step)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimiser step ``step`` (0-based): linear warm-up, constant, linear decay. A pure
+        function of the step, so a resumed run needs no scheduler state."""
+        total = self.total_steps
+        warm, decay = round(self.lr_warmup * total), round(self.lr_decay * total)
+        factor = 1.0
+        if warm and step < warm:
+            factor = (step + 1) / warm
+        if decay and step >= total - decay:
+            factor = min(factor, (total - step) / decay)
+        return self.lr * factor
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
@@ -184,7 +213,8 @@ class TrainConfig:
         checkpoint cadence are not.
         """
         d = self.flat()  # flat, as before the nesting: the same settings keep the same key
-        for name in (*NOT_IN_WEIGHTS, *self.sae.defaults_left()):  # the crosscoder's fields at their defaults too
+        at_default = [name for name in SCHEDULE_FIELDS if getattr(self, name) == 0]  # a constant lr: the old key
+        for name in (*NOT_IN_WEIGHTS, *self.sae.defaults_left(), *at_default):  # and the crosscoder's fields at theirs
             d.pop(name)
         if not self.lens.tuned_lens:
             d.pop("lens_tokens")

@@ -362,6 +362,8 @@ class _Run:
         if scaler:
             scaler.unscale_(opt)
         sae.project_decoder_grads_()
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(self.step)
         if scaler:
             scaler.step(opt)
             scaler.update()
