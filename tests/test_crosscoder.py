@@ -231,8 +231,8 @@ def test_the_matched_dictionaries_follow_the_rules_and_leave_the_mlsaes_cache_ke
     dicts = matched_dictionaries(exp, 3)
     mlsae_cfg = dicts[ML].train_config()
     assert mlsae_cfg.cache_key(identity) == exp.train_config().cache_key(identity)
-    fields = mlsae_cfg.flat()  # the key as it was before the crosscoder's fields existed
-    for name in (*NOT_IN_WEIGHTS, "lens_tokens", "architecture", "n_latents", "sparsity", "l1_coef"):
+    fields = mlsae_cfg.flat()  # the key as it was before the crosscoder's and the schedule's fields existed
+    for name in (*NOT_IN_WEIGHTS, "lens_tokens", "architecture", "n_latents", "sparsity", "l1_coef", "lr_warmup", "lr_decay"):
         fields.pop(name)
     fields.update(model_identity="model@1", data_identity="data@1")
     assert mlsae_cfg.cache_key(identity).endswith(key("sae", fields))
