@@ -69,7 +69,7 @@ class TopKEncode(torch.autograd.Function):
 
     Optionally also the top ``k_aux`` of a set of columns (the dead latents, for AuxK), taken from the
     same chunks: they cost no extra matmul, and their backward is sparse too (only the selected
-    entries carry a gradient, so AuxK's encoder gradient joins the top-k's in one scatter).
+    entries carry a gradient; AuxK's part is scattered into the dead rows on its own).
     Under ``torch.autocast`` the matmul runs in the autocast dtype; outputs and gradients are in
     the dtype of ``W``.
     """

@@ -54,7 +54,7 @@ from mlsae.sae.io import sae_folder, sae_shape
 from mlsae.sae.model import MLSAE
 from mlsae.sae.origin import check_model_of_sae, lens_of_sae, model_of_sae
 from mlsae.studies.parameters import from_json_text, list_parameter, preset_settings, typed_parameter
-from mlsae.training.config import check_schedule, config_from_preset
+from mlsae.training.config import TrainConfig, check_schedule, config_from_preset
 from mlsae.training.identity import sae_key
 from mlsae.training.store import ensure_trained, train_or_load
 
@@ -137,8 +137,8 @@ class Experiment:
             raise ValueError(f"parameter lr={lr!r} should be a positive number (e.g. -p lr 0.001) or None")
         self.lr: float | None = None if lr is None else float(lr)
         preset_train = TRAIN_PRESETS[p["train"]]
-        check_schedule(preset_train.get("lr_warmup", 0.0) if lr_warmup is None else lr_warmup,
-                       preset_train.get("lr_decay", 0.0) if lr_decay is None else lr_decay)
+        check_schedule(preset_train.get("lr_warmup", TrainConfig.lr_warmup) if lr_warmup is None else lr_warmup,
+                       preset_train.get("lr_decay", TrainConfig.lr_decay) if lr_decay is None else lr_decay)
         self.lr_warmup: float | None = lr_warmup
         self.lr_decay: float | None = lr_decay
         given_latents = None if n_latents is None else typed_parameter("n_latents", n_latents, int)
