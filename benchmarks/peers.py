@@ -20,7 +20,9 @@ themselves (--k-aux sets mlsae's).
 
 Each library's own step, as its trainer runs it:
   mlsae    MLSAE forward (FVU + AuxK/32), backward, project_decoder_grads_, fused Adam (lr 1e-4,
-           eps 6.25e-10, constant), normalize_decoder_; b_pre = geometric median of the first batch.
+           eps 6.25e-10, constant: TrainConfig's defaults, the paper's; --mlsae-schedule 1e-2/0.05/0.2
+           gives it a peak lr with a linear warm-up and decay, TrainConfig.lr_at over the --steps),
+           normalize_decoder_; b_pre = geometric median of the first batch.
   sparsify b_dec = mean of the first batch, decoder renormalised before each forward, loss fvu +
            auxk_alpha * auxk, backward, gradient parallel to the decoder rows removed, then its default
            optimiser: schedule-free SignSGD (momentum 0.95, lr 5e-3 / sqrt(n_latents / 2^14), no schedule),
@@ -98,6 +100,10 @@ def parse_args(argv=None):
                    help="FVU stream: sparse = k-sparse combinations of a fixed random dictionary (+10%% noise), "
                         "gaussian = train_step.py's noise")
     p.add_argument("--input", choices=["standardized", "raw"], default="standardized")
+    p.add_argument("--mlsae-schedule", metavar="LR/WARMUP/DECAY",
+                   help="mlsae's default lr and schedule (peak lr / warm-up / decay fractions, as TrainConfig's "
+                        "lr, lr_warmup, lr_decay; e.g. 1e-2/0.05/0.2); its grid rows keep the warm-up and decay. "
+                        "Default: TrainConfig's (the paper's constant 1e-4)")
     p.add_argument("--mlsae-encoder-init", choices=["unit", "fit"], default="unit",
                    help="unit: its default (the paper's); fit: the encoder scaled on the first batch (short runs)")
     p.add_argument("--sparsify-optimizer", choices=["signum", "adam"], default="signum", help="signum: its default")
@@ -160,13 +166,16 @@ class MLSAEPeer:
     def __init__(self, args, rows: int, dead: Tensor, lr: float | None, steps: int):
         self.L, self.T = layers_tokens(rows, args.layers)
         self.sae, self.opt, _, _ = setup(setup_args(args, self.L, self.T), seed=args.seed)
-        self.lr = TrainConfig.__dataclass_fields__["lr"].default if lr is None else lr
-        for group in self.opt.param_groups:
-            group["lr"] = self.lr
+        peak, warmup, decay = mlsae_schedule(args.mlsae_schedule)
+        # its lr at each step, as mlsae.training.train sets it: TrainConfig.lr_at over a run of ``steps`` steps
+        self.schedule = TrainConfig(lr=peak if lr is None else lr, lr_warmup=warmup, lr_decay=decay,
+                                    seq_len=self.T, batch_size=1, max_tokens=max(steps, 1) * self.T)
+        self.lr = self.schedule.lr
         self.counters = dead.long() * self.sae.cfg.dead_tokens
         self.fit_encoder = args.mlsae_encoder_init == "fit"
         self.steps = 0
-        self.about = (f"Adam lr {self.lr:.2g} (fused, eps 6.25e-10), constant, no clipping; "
+        shape = f"warm-up {warmup:g}, decay {decay:g} of the run" if warmup or decay else "constant"
+        self.about = (f"Adam lr {self.lr:.2g} (fused, eps 6.25e-10), {shape}, no clipping; "
                       f"encoder_init {args.mlsae_encoder_init}")
 
     def step(self, x: Tensor) -> None:
@@ -175,6 +184,8 @@ class MLSAEPeer:
             self.sae.init_b_pre_(x)
             if self.fit_encoder:
                 self.sae.fit_encoder_scale_(x)
+        for group in self.opt.param_groups:
+            group["lr"] = self.schedule.lr_at(self.steps)
         train_step(self.sae, self.opt, x, self.counters, "fast", nullcontext)
         self.steps += 1
 
@@ -184,6 +195,17 @@ class MLSAEPeer:
         x_hat = self.sae.reconstruct(x)
         self.sae.train()
         return x_hat
+
+
+def mlsae_schedule(text: str | None) -> tuple[float, float, float]:
+    """--mlsae-schedule as (peak lr, warm-up, decay); None: TrainConfig's defaults."""
+    if text is None:
+        return tuple(TrainConfig.__dataclass_fields__[f].default for f in ("lr", "lr_warmup", "lr_decay"))
+    try:
+        peak, warmup, decay = (float(v) for v in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"--mlsae-schedule {text!r} should be peak lr / warm-up / decay, e.g. 1e-2/0.05/0.2") from None
+    return peak, warmup, decay
 
 
 class SparsifyPeer:
