@@ -63,3 +63,13 @@ def step_peak_increase(step, device: str) -> dict:
         f.write("5")  # reset VmHWM (peak RSS) to the current RSS
     step()
     return {"peak_increase_mib": (_status_kib("VmHWM") - base) / 1024, "base_mib": base / 1024}
+
+
+def parse_schedule(text: str) -> dict:
+    """A schedule written ``peak lr / warm-up / decay`` (e.g. ``1e-2/0.05/0.2``; a constant lr is ``lr/0/0``) ->
+    TrainConfig's fields ``lr``, ``lr_warmup``, ``lr_decay``."""
+    try:
+        lr, warmup, decay = (float(v) for v in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"schedule {text!r} should be peak lr / warm-up / decay, e.g. 1e-2/0.05/0.2") from None
+    return dict(lr=lr, lr_warmup=warmup, lr_decay=decay)

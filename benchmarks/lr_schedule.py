@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 
+from common import parse_schedule as parse
+
 GRID = ["3e-4/0/0", "1e-3/0/0", "3e-3/0/0", "1e-2/0/0"]
 SCHEDULES = ["1e-2/0.05/0.2", "1e-2/0.05/0.95", "3e-3/0.05/0.95", "3e-2/0.05/0.95"]
-
-
-def parse(schedule: str) -> dict:
-    lr, warmup, decay = (float(v) for v in schedule.split("/"))
-    return dict(lr=lr, lr_warmup=warmup, lr_decay=decay)
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from common import step_peak_increase, timed
+from common import parse_schedule, step_peak_increase, timed
 from torch import Tensor
 from train_step import setup, train_step
 
@@ -199,13 +199,9 @@ class MLSAEPeer:
 
 def mlsae_schedule(text: str | None) -> tuple[float, float, float]:
     """--mlsae-schedule as (peak lr, warm-up, decay); None: TrainConfig's defaults."""
-    if text is None:
-        return tuple(TrainConfig.__dataclass_fields__[f].default for f in ("lr", "lr_warmup", "lr_decay"))
-    try:
-        peak, warmup, decay = (float(v) for v in text.split("/"))
-    except ValueError:
-        raise SystemExit(f"--mlsae-schedule {text!r} should be peak lr / warm-up / decay, e.g. 1e-2/0.05/0.2") from None
-    return peak, warmup, decay
+    fields = ("lr", "lr_warmup", "lr_decay")
+    values = parse_schedule(text) if text is not None else {f: TrainConfig.__dataclass_fields__[f].default for f in fields}
+    return tuple(values[f] for f in fields)
 
 
 class SparsifyPeer:
