@@ -43,7 +43,16 @@ def sweep_points(exp: Experiment, expansion_factors, ks, k_expansion_factor: int
     ks = list_parameter("ks", ks, int, positive=True)
     k_expansion_factor = typed_parameter("k_expansion_factor", k_expansion_factor, int)
     points = [("R", r, exp.k) for r in expansion_factors] + [("k", k_expansion_factor, k) for k in ks]
-    return [(which, exp.with_model(exp.model, expansion_factor=r, k=k)) for which, r, k in points]
+    return [(which, _all_dead_at_most(exp.with_model(exp.model, expansion_factor=r, k=k))) for which, r, k in points]
+
+
+def _all_dead_at_most(exp: Experiment) -> Experiment:
+    """``exp`` with AuxK's k_aux cut to its number of latents where the preset's is larger (R = 1 on zoo-s: 64
+    latents, k_aux 256): AuxK then takes every dead latent, as it does whenever fewer than k_aux are dead."""
+    k_aux = exp.train_config().sae.k_aux
+    if exp.n_latents is None or k_aux <= exp.n_latents:
+        return exp
+    return exp.with_model(exp.model, k_aux=exp.n_latents)
 
 
 def sweep(exp: Experiment, expansion_factors: list[int], ks: list[int], k_expansion_factor: int) -> list[dict]:
