@@ -109,6 +109,18 @@ def test_series_and_sweep_points_fail_on_a_bad_element_before_any_work(monkeypat
         family_models(exp, "{not json")
 
 
+def test_sweep_points_below_k_aux_latents_take_every_dead_latent():
+    """The default sweep's R = 1 on zoo-s has 64 latents, fewer than the preset's k_aux = 256: its point asks for
+    AuxK over at most all 64 (what AuxK does when fewer than k_aux are dead), so the run's own check passes."""
+    from mlsae.studies.tables import sweep_points
+
+    exp = Experiment(model="zoo-s", preset="default")
+    points = sweep_points(exp, [1, 2, 8], [16], 64)
+    assert [e.train_config().sae.k_aux for _, e in points] == [64, 128, 256, 256]
+    for _, e in points:
+        e.train_config().sae_config(64, [0, 1])  # raised "k_aux=256 exceeds the 64 latents" before
+
+
 def test_reading_an_experiments_properties_never_trains(tmp_path, monkeypatch):
     """`exp.sae` and `exp.lens` read what exists and name the call that makes it; training is `exp.train()`."""
     monkeypatch.setenv("MLSAE_HOME", str(tmp_path / "home"))

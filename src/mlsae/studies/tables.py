@@ -1,7 +1,7 @@
 """The studies behind the notebooks: each takes an :class:`~mlsae.studies.experiment.Experiment` (or its
 statistics) and returns the rows of a table, so that a notebook is parameters, one call and a plot.
 
-reconstruction table (02), sweeps (06), lens comparison (07), decoder MMCS and nearest tokens (08),
+reconstruction table (02), the headline at the paper's R (03), sweeps (06), lens comparison (07), decoder MMCS and nearest tokens (08),
 layer statistics (09), single-layer baselines (10), model families (12), language models (01).
 """
 
@@ -36,6 +36,31 @@ def reconstruction_table(exp: Experiment, models: list[str], lens_options: tuple
     return rows
 
 
+def paper_r_series(exp: Experiment, models: list[str] | str | None = None) -> list[str]:
+    """Notebook 03's models for the headline at the paper's R: ``models`` (a list, or its JSON text) or the
+    preset's ``paper_r`` list, every name checked at once; none when ``exp`` already runs at the paper's R."""
+    models = list_parameter("paper_r_models", models)
+    wanted = list(models) if models is not None else list(exp.settings["paper_r"]["models"])
+    for m in wanted:
+        resolve_model(m)  # an unknown name fails here, before any work
+    return [] if exp.expansion_factor == exp.settings["paper_r"]["expansion_factor"] else wanted
+
+
+def headline_by_expansion_factor(exp: Experiment, models: list[str]) -> list[dict]:
+    """The headline estimators (and the held-out FVU and Delta CE) of each model's MLSAE at ``exp``'s R and at the paper's
+    (PAPER.md §1: R = 64), all of one model trained on one pass of it."""
+    rs = [exp.expansion_factor, exp.settings["paper_r"]["expansion_factor"]]
+    points = [(m, r, exp.with_model(m, expansion_factor=r)) for m in models for r in rs]
+    train_together([e for *_, e in points])
+    rows = []
+    for m, r, e in points:
+        s = e.distributions().summary()
+        result = e.evaluate()
+        rows.append({"model": m, "R": r, "latents": e.train().cfg.n_latents, "layers": s.n_layers,
+                     "FVU": result.mean("fvu"), "delta CE": result.mean("delta_ce"), **headline_row(s)})
+    return rows
+
+
 def sweep_points(exp: Experiment, expansion_factors, ks, k_expansion_factor: int) -> list[tuple[str, Experiment]]:
     """The (R, k) points of :func:`sweep` as validated experiments: list parameters parsed (JSON text too)
     and every point checked (k at most R * d_model) before anything is trained."""
@@ -43,7 +68,16 @@ def sweep_points(exp: Experiment, expansion_factors, ks, k_expansion_factor: int
     ks = list_parameter("ks", ks, int, positive=True)
     k_expansion_factor = typed_parameter("k_expansion_factor", k_expansion_factor, int)
     points = [("R", r, exp.k) for r in expansion_factors] + [("k", k_expansion_factor, k) for k in ks]
-    return [(which, exp.with_model(exp.model, expansion_factor=r, k=k)) for which, r, k in points]
+    return [(which, _all_dead_at_most(exp.with_model(exp.model, expansion_factor=r, k=k))) for which, r, k in points]
+
+
+def _all_dead_at_most(exp: Experiment) -> Experiment:
+    """``exp`` with AuxK's k_aux cut to its number of latents where the preset's is larger (R = 1 on zoo-s: 64
+    latents, k_aux 256): AuxK then takes every dead latent, as it does whenever fewer than k_aux are dead."""
+    k_aux = exp.train_config().sae.k_aux
+    if exp.n_latents is None or k_aux <= exp.n_latents:
+        return exp
+    return exp.with_model(exp.model, k_aux=exp.n_latents)
 
 
 def sweep(exp: Experiment, expansion_factors: list[int], ks: list[int], k_expansion_factor: int) -> list[dict]:
