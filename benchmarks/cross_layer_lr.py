@@ -3,10 +3,10 @@
 
     python benchmarks/cross_layer_lr.py [--models zoo-s zoo-m] [--lrs 3e-4 1e-3 3e-3 1e-2] [--preset default]
 
-Every SAE of one model is trained on one pass of the model (:func:`mlsae.studies.experiment.train_together`) into
-the shared store (``$MLSAE_HOME``), so the notebook reuses those at the lr it is given. Prints, per model and
-dictionary, the FVU at each lr and the best; ``mlsae.core.presets.CROSS_LAYER_LR`` holds the choice (README,
-"Cross-layer dictionaries").
+Each lr is the peak of the train preset's schedule (its warm-up and decay kept). Every SAE of one model is trained
+on one pass of the model (:func:`mlsae.studies.experiment.train_together`) into the shared store
+(``$MLSAE_HOME``), so the notebook reuses those at the preset's lr. Prints, per model and dictionary, the FVU at
+each lr and the best (README, "Cross-layer dictionaries"; the preset's lr is in ``mlsae.core.presets``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,18 @@
 import pytest
 import torch
 
+from mlsae.sae import kernels
 from mlsae.sae.kernels import scatter_rows, sparse_decode, topk_encode, topk_rows
+
+
+@pytest.fixture(params=["sparse", "dense", "dense, small chunks"])
+def path(request, monkeypatch):
+    """Each product over the selected entries both ways: the sparse kernels (a density that never counts as dense)
+    and the dense matmuls (every selection dense), the latter also over chunks of a few rows."""
+    monkeypatch.setattr(kernels, "DENSE_DENSITY", 2.0 if request.param == "sparse" else 0.0)
+    if request.param == "dense, small chunks":
+        monkeypatch.setattr(kernels, "CHUNK_ELEMS", 100)
+    return request.param
 
 
 def _same_topk(values, indices, pre, k, tol=0.0):
@@ -56,7 +67,7 @@ def _align(got_indices, ref_indices):
 
 
 @pytest.mark.parametrize("chunk_rows", [7, 1000])
-def test_topk_encode_matches_autograd(chunk_rows):
+def test_topk_encode_matches_autograd(chunk_rows, path):
     torch.manual_seed(0)
     n, d, m, k, k_aux = 45, 12, 256, 5, 3
     dt = torch.float64
@@ -119,7 +130,7 @@ def test_topk_encode_bf16_autocast():
     assert W.grad.dtype == torch.float32 and W.grad.isfinite().all()
 
 
-def test_sparse_decode_matches_dense():
+def test_sparse_decode_matches_dense(path):
     torch.manual_seed(0)
     n, k, d, m = 20, 3, 7, 40
     dt = torch.float64
@@ -134,3 +145,9 @@ def test_sparse_decode_matches_dense():
     ((z @ W_rows) * g).sum().backward()
     torch.testing.assert_close(grads[0], v.grad)
     torch.testing.assert_close(grads[1], W_rows.grad)
+
+
+def test_dense_density_picks_the_path():
+    assert not kernels.use_dense(32, 32_768)  # the main top-k at the pythia-70m shape: sparse
+    assert kernels.use_dense(256, 3_276)  # AuxK over 10% dead latents there: dense
+    assert not kernels.use_dense(4, 0)

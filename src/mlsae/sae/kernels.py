@@ -10,6 +10,12 @@ after them touches only the k selected latents per row (plus, for AuxK, the dead
   (a sampled dense-dense product and ``scatter_rows``) that only reads and writes those columns.
 - ``scatter_rows``: the transpose of ``embedding_bag`` (used for the encoder's weight gradient).
 
+Where the selection is dense enough (k of m at or above :data:`DENSE_DENSITY`, e.g. AuxK's k_aux = 256 among a
+few thousand dead latents, or the wide crosscoder's k), the same products run as dense matmuls over row chunks
+of a [rows, m] matrix holding the selected entries (zeros elsewhere): a per-entry gather or scatter costs far
+more than a matmul's multiply-add, so above that density the matmul over every entry is cheaper. Same values,
+another order of summation (a matmul's blocked sum over tokens instead of a sorted sum per latent).
+
 Plain-autograd references for each live in ``tests/test_kernels.py``; the dense reference of the
 whole loss is ``mlsae.sae.model.dense_reference_loss``.
 """
@@ -27,6 +33,24 @@ from torch import Tensor
 # pythia-70m shape (32,768 latents) 2,048-row chunks run the matmuls 13% faster than 512-row ones
 # (2**24), which re-read the whole encoder for every 512 rows.
 CHUNK_ELEMS = 1 << 26
+
+# Selected entries per row as a fraction of the columns (k / m) from which the products over them run as dense
+# matmuls (module docstring); benchmarks/dense_density.py measures the break-even.
+DENSE_DENSITY = 1 / 32
+
+
+def use_dense(k: int, m: int) -> bool:
+    """Whether ``k`` selected entries out of ``m`` per row are dense enough for the matmul paths."""
+    return m > 0 and k >= DENSE_DENSITY * m
+
+
+def _chunk_rows(m: int) -> int:
+    return max(1, CHUNK_ELEMS // max(1, m))
+
+
+def _dense_chunk(values: Tensor, indices: Tensor, m: int) -> Tensor:
+    """[rows, m] zeros with ``values`` [rows, k] at ``indices`` (unique within a row)."""
+    return values.new_zeros(values.shape[0], m).scatter_(1, indices, values)
 
 
 def topk_rows(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -111,24 +135,40 @@ class TopKEncode(torch.autograd.Function):
             g_values = torch.zeros_like(indices, dtype=W.dtype)
         g_values = g_values.to(W.dtype)
         g_aux = g_aux.to(W.dtype) if g_aux is not None and aux_local.shape[1] > 0 else None
-        grad_x = grad_b = grad_W = None
-        if ctx.needs_input_grad[2]:
-            grad_W = scatter_rows(indices, g_values, xb, m)  # [m, d]
-            if g_aux is not None:  # AuxK's part lives in the dead rows: scatter into [c, d], then add (two small scatters
-                # are ~3x faster than one over the k + k_aux entries)
-                grad_W.index_add_(0, cols, scatter_rows(aux_local, g_aux, xb, cols.numel()))
+        grad_x = grad_b = None
+        # Per selection: the weight gradient G.T @ xb and the per-latent sums of G (for grad_b: d(x - b)/db = -I, so
+        # grad_b = -sum_rows grad_x = -(per-latent grad sums) @ W, no [n, d]). AuxK's part lives in the dead rows, so it
+        # is computed over the c dead columns and added (two small products are ~3x faster than one over k + k_aux).
+        grad_W, per_latent = _select_grads(indices, g_values, xb, m, ctx.needs_input_grad[2])  # [m, d], [m]
+        if g_aux is not None:
+            aux_W, aux_sums = _select_grads(aux_local, g_aux, xb, cols.numel(), ctx.needs_input_grad[2])
+            if grad_W is not None and aux_W is not None:
+                grad_W.index_add_(0, cols, aux_W)
+            per_latent.index_add_(0, cols, aux_sums)
         if ctx.needs_input_grad[1]:
-            # d(x - b)/db = -I, so grad_b = -sum_rows grad_x = -(per-latent grad sums) @ W: no [n, d].
-            per_latent = torch.zeros(m, dtype=W.dtype, device=W.device)
-            per_latent.index_add_(0, indices.reshape(-1), g_values.reshape(-1))
-            if g_aux is not None:
-                per_latent.index_add_(0, cols[aux_local].reshape(-1), g_aux.reshape(-1))
             grad_b = -(per_latent @ W)
         if ctx.needs_input_grad[0]:
             grad_x = F.embedding_bag(indices, W, per_sample_weights=g_values, mode="sum")
             if g_aux is not None:
                 grad_x = grad_x + F.embedding_bag(aux_local, W[cols], per_sample_weights=g_aux, mode="sum")
         return grad_x, grad_b, grad_W, None, None, None, None
+
+
+def _select_grads(local: Tensor, g: Tensor, xb: Tensor, c: int, weight_grad: bool) -> tuple[Tensor | None, Tensor]:
+    """For selected entries ``local`` [n, j] (columns of c) with gradients ``g`` [n, j]: the weight gradient
+    ``G.T @ xb`` [c, d] (when asked) and the per-column sums ``G.sum(0)`` [c], G being the dense [n, c] matrix of g."""
+    if not use_dense(local.shape[1], c):
+        sums = torch.zeros(c, dtype=g.dtype, device=g.device).index_add_(0, local.reshape(-1), g.reshape(-1))
+        return (scatter_rows(local, g, xb, c) if weight_grad else None), sums
+    grad = xb.new_zeros(c, xb.shape[1]) if weight_grad else None
+    sums = g.new_zeros(c)
+    rows = _chunk_rows(c)
+    for i in range(0, local.shape[0], rows):
+        dense = _dense_chunk(g[i:i + rows], local[i:i + rows], c)  # [rows, c]
+        if grad is not None:
+            grad.addmm_(dense.t(), xb[i:i + rows])
+        sums += dense.sum(0)
+    return grad, sums
 
 
 def topk_encode(
@@ -185,10 +225,43 @@ class SparseDecode(torch.autograd.Function):
         return grad_values, None, grad_W
 
 
+class DenseDecode(torch.autograd.Function):
+    """:class:`SparseDecode` for a dense selection (:func:`use_dense`): the selected entries of each row chunk as a
+    dense [rows, m] matrix, then ``A @ W_rows`` forward, ``g @ W_rows.T`` (read at the indices) and ``A.T @ g``
+    backward. Memory is one chunk (:data:`CHUNK_ELEMS`)."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, indices: Tensor, W_rows: Tensor) -> Tensor:
+        ctx.save_for_backward(values, indices, W_rows)
+        m = W_rows.shape[0]
+        out = W_rows.new_empty(values.shape[0], W_rows.shape[1])
+        rows = _chunk_rows(m)
+        for i in range(0, values.shape[0], rows):
+            torch.mm(_dense_chunk(values[i:i + rows], indices[i:i + rows], m), W_rows, out=out[i:i + rows])
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        values, indices, W_rows = ctx.saved_tensors
+        m = W_rows.shape[0]
+        grad_values = torch.empty_like(values) if ctx.needs_input_grad[0] else None
+        grad_W = torch.zeros_like(W_rows) if ctx.needs_input_grad[2] else None
+        rows = _chunk_rows(m)
+        for i in range(0, values.shape[0], rows):
+            j = min(i + rows, values.shape[0])
+            if grad_values is not None:
+                grad_values[i:j] = (g[i:j] @ W_rows.t()).gather(1, indices[i:j])
+            if grad_W is not None:
+                grad_W.addmm_(_dense_chunk(values[i:j], indices[i:j], m).t(), g[i:j])
+        return grad_values, None, grad_W
+
+
 def sparse_decode(values: Tensor, indices: Tensor, W_dec_rows: Tensor) -> Tensor:
     """``out[r] = sum_i values[r, i] * W_dec_rows[indices[r, i]]`` -> [n, d]; no bias.
 
     values, indices [n, k]; W_dec_rows [m, d] = W_dec.T, which should be contiguous (a transposed
-    view is ~20x slower). Forward and backward touch only the selected rows (:class:`SparseDecode`).
+    view is ~20x slower). Forward and backward touch only the selected rows (:class:`SparseDecode`), or, for a
+    dense selection (:func:`use_dense`), run as chunked dense matmuls (:class:`DenseDecode`).
     """
-    return SparseDecode.apply(values.to(W_dec_rows.dtype), indices, W_dec_rows)
+    decode = DenseDecode if use_dense(indices.shape[1], W_dec_rows.shape[0]) else SparseDecode
+    return decode.apply(values.to(W_dec_rows.dtype), indices, W_dec_rows)

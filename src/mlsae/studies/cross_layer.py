@@ -11,8 +11,8 @@ The matchings (README, "Cross-layer dictionaries"), for an MLSAE with ``n`` late
   takes at most half the latents (``k_aux = min(k_aux, n_cc // 2)``).
 
 Every dictionary is trained on the same tokens for the same steps (one pass of the model feeds them all,
-:func:`mlsae.training.train.train_many`), each at its own learning rate (the preset's ``cross_layer.lr``,
-chosen from a grid by ``benchmarks/cross_layer_lr.py``).
+:func:`mlsae.training.train.train_many`), all at the experiment's learning rate and schedule (the train preset's
+unless given; ``benchmarks/cross_layer_lr.py`` runs each dictionary over a grid of peak lrs).
 """
 
 from __future__ import annotations
@@ -45,21 +45,20 @@ def n_layers_of(exp: Experiment) -> int:
 
 
 def matched_dictionaries(exp: Experiment, n_layers: int) -> dict[str, Experiment]:
-    """The MLSAE of ``exp`` and the two crosscoders matched to it (module docstring), each at the preset's lr."""
+    """The MLSAE of ``exp`` and the two crosscoders matched to it (module docstring), at ``exp``'s lr and schedule: the MLSAE is ``exp``
+itself, so notebook 13 reuses notebook 02's."""
     if exp.architecture != "mlsae" or exp.layers is not None:
         raise ValueError("matched_dictionaries starts from an MLSAE over every layer (architecture='mlsae', layers=None)")
     if exp.n_latents is None:
         raise ValueError(f"{exp.model}: the registry does not know its width, so the matchings cannot be sized; "
                          "pass n_latents")
-    lr = exp.settings["cross_layer"]["lr"]
     n_b = max(1, round(exp.n_latents / n_layers))
     k_aux = exp.train_config().sae.k_aux
-    mlsae = exp.with_model(exp.model, lr=lr["mlsae"] if exp.lr is None else exp.lr)
     return {
-        MLSAE: mlsae,
-        EQUAL_LATENTS: exp.with_model(exp.model, architecture="crosscoder", k=n_layers * exp.k, lr=lr["equal latents"]),
+        MLSAE: exp,
+        EQUAL_LATENTS: exp.with_model(exp.model, architecture="crosscoder", k=n_layers * exp.k),
         EQUAL_PARAMETERS: exp.with_model(exp.model, architecture="crosscoder", n_latents=n_b, k=min(exp.k, n_b),
-                                         k_aux=min(k_aux, n_b // 2), lr=lr["equal parameters"]),
+                                         k_aux=min(k_aux, n_b // 2)),
     }
 
 

@@ -1,7 +1,7 @@
 """The studies behind the notebooks: each takes an :class:`~mlsae.studies.experiment.Experiment` (or its
 statistics) and returns the rows of a table, so that a notebook is parameters, one call and a plot.
 
-reconstruction table (02), sweeps (06), lens comparison (07), decoder MMCS and nearest tokens (08),
+reconstruction table (02), the headline at the paper's R (03), sweeps (06), lens comparison (07), decoder MMCS and nearest tokens (08),
 layer statistics (09), single-layer baselines (10), model families (12), language models (01).
 """
 
@@ -33,6 +33,31 @@ def reconstruction_table(exp: Experiment, models: list[str], lens_options: tuple
                      "MSE": r.mean("mse"), "L0": r.mean("l0"), "L1": r.mean("l1"),
                      "delta CE": r.mean("delta_ce"), "KL": r.mean("kl"), "clean CE": r.clean_ce,
                      "dead fraction": r.dead_fraction})
+    return rows
+
+
+def paper_r_series(exp: Experiment, models: list[str] | str | None = None) -> list[str]:
+    """Notebook 03's models for the headline at the paper's R: ``models`` (a list, or its JSON text) or the
+    preset's ``paper_r`` list, every name checked at once; none when ``exp`` already runs at the paper's R."""
+    models = list_parameter("paper_r_models", models)
+    wanted = list(models) if models is not None else list(exp.settings["paper_r"]["models"])
+    for m in wanted:
+        resolve_model(m)  # an unknown name fails here, before any work
+    return [] if exp.expansion_factor == exp.settings["paper_r"]["expansion_factor"] else wanted
+
+
+def headline_by_expansion_factor(exp: Experiment, models: list[str]) -> list[dict]:
+    """The headline estimators (and the held-out FVU and Delta CE) of each model's MLSAE at ``exp``'s R and at the paper's
+    (PAPER.md §1: R = 64), all of one model trained on one pass of it."""
+    rs = [exp.expansion_factor, exp.settings["paper_r"]["expansion_factor"]]
+    points = [(m, r, exp.with_model(m, expansion_factor=r)) for m in models for r in rs]
+    train_together([e for *_, e in points])
+    rows = []
+    for m, r, e in points:
+        s = e.distributions().summary()
+        result = e.evaluate()
+        rows.append({"model": m, "R": r, "latents": e.train().cfg.n_latents, "layers": s.n_layers,
+                     "FVU": result.mean("fvu"), "delta CE": result.mean("delta_ce"), **headline_row(s)})
     return rows
 
 
