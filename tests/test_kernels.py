@@ -149,5 +149,7 @@ def test_sparse_decode_matches_dense(path):
 
 def test_dense_density_picks_the_path():
     assert not kernels.use_dense(32, 32_768)  # the main top-k at the pythia-70m shape: sparse
-    assert kernels.use_dense(256, 3_276)  # AuxK over 10% dead latents there: dense
+    assert not kernels.use_dense(256, 3_276)  # AuxK over 10% dead latents there: break-even, sparse
+    assert kernels.use_dense(256, 410)  # AuxK over 20% dead of a zoo-xl R = 16 MLSAE: dense
+    assert kernels.use_dense(k=256, m=256 * 12) and not kernels.use_dense(k=255, m=256 * 12)  # the threshold
     assert not kernels.use_dense(4, 0)

@@ -35,8 +35,10 @@ from torch import Tensor
 CHUNK_ELEMS = 1 << 26
 
 # Selected entries per row as a fraction of the columns (k / m) from which the products over them run as dense
-# matmuls (module docstring); benchmarks/dense_density.py measures the break-even.
-DENSE_DENSITY = 1 / 32
+# matmuls (module docstring); benchmarks/dense_density.py measures the break-even. On a 2-core AVX-512 Xeon
+# (2026-12-08) sparse / dense was 0.88-0.97 at k / m ~ 0.06-0.08 and 1.2-1.9 from 0.08-0.125 on; zoo AuxK
+# (256 of ~410 dead) runs 8x faster dense, the pythia-70m AuxK (256 of 3,276, 0.078) breaks even and stays sparse.
+DENSE_DENSITY = 1 / 12
 
 
 def use_dense(k: int, m: int) -> bool:
