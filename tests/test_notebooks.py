@@ -76,7 +76,7 @@ def test_the_honest_ratio_is_compared_in_03_07_and_12():
 
 NB03_DEFAULTS = dict(model=None, preset="default", expansion_factor=None, k=32, tuned_lens=False, models=None,
                     train_tokens=None, analysis_tokens=None, seq_len=None, batch_size=None, seed=42, device="cpu",
-                    pretrained_sae=None)
+                    pretrained_sae=None, paper_r_models=None)
 
 
 def test_only_the_default_run_writes_the_committed_figures(monkeypatch):
