@@ -47,6 +47,7 @@ def use_dense(k: int, m: int) -> bool:
 
 
 def _chunk_rows(m: int) -> int:
+    """Rows of a [rows, m] chunk holding about :data:`CHUNK_ELEMS` elements."""
     return max(1, CHUNK_ELEMS // max(1, m))
 
 
@@ -188,7 +189,7 @@ def topk_encode(
     if cols is None:
         cols = torch.empty(0, dtype=torch.long, device=x.device)
     if chunk_rows is None:
-        chunk_rows = max(1, CHUNK_ELEMS // W.shape[0])
+        chunk_rows = _chunk_rows(W.shape[0])
     return TopKEncode.apply(x, b, W, k, cols, min(k_aux, cols.numel()), chunk_rows)
 
 

@@ -27,13 +27,15 @@ def typed_parameter(name: str, value, kind: type):
     return value
 
 
-def list_parameter(name: str, value, kind: type = str, *, positive: bool = False) -> list | None:
+def list_parameter(name: str, value, kind: type = str, *, positive: bool = False,
+                   allow_empty: bool = False) -> list | None:
     """A notebook's list parameter as papermill hands it over: a list (``-y 'ks: [16, 32]'``, or Python),
-    or its JSON text (``-p ks '[16, 32]'``); every element checked, so a bad one fails in the first cell."""
+    or its JSON text (``-p ks '[16, 32]'``); every element checked, so a bad one fails in the first cell.
+    An empty list is refused (for most lists a slip) unless ``allow_empty`` (where it means "none")."""
     if value is None:
         return None
     value = from_json_text(name, value, "a list", f"-p {name} '[16, 32]', or YAML, -y '{name}: [16, 32]'")
-    if not isinstance(value, (list, tuple)) or not value:
+    if not isinstance(value, (list, tuple)) or not (value or allow_empty):
         raise ValueError(f"parameter {name}={value!r} should be a non-empty list, e.g. -p {name} '[16, 32]'")
     for v in value:
         typed_parameter(f"{name} element", v, kind)

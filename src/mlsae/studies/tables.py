@@ -39,9 +39,7 @@ def reconstruction_table(exp: Experiment, models: list[str], lens_options: tuple
 def paper_r_series(exp: Experiment, models: list[str] | str | None = None) -> list[str]:
     """Notebook 03's models for the headline at the paper's R: ``models`` (a list, or its JSON text) or the
     preset's ``paper_r`` list, every name checked at once; none when ``exp`` already runs at the paper's R."""
-    if models in ([], "[]"):
-        return []  # asked for none (list_parameter refuses an empty list, which for other lists is a slip)
-    models = list_parameter("paper_r_models", models)
+    models = list_parameter("paper_r_models", models, allow_empty=True)  # [] asks for none
     wanted = list(models) if models is not None else list(exp.settings["paper_r"]["models"])
     for m in wanted:
         resolve_model(m)  # an unknown name fails here, before any work
